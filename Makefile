@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-packages lint typecheck unit test demo render clean
+
+setup: $(STAMP)
+
+$(STAMP): runtime/pyproject.toml infra/requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r infra/requirements.txt -r requirements-dev.txt
+	touch $@
+
+system-packages:
+	scripts/install-system-packages
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup system-packages lint typecheck
+	$(BIN)/pytest
+
+demo: setup system-packages
+	$(BIN)/python -m mailcow_ha.cli render --stack prod --out out/render
+
+render: setup
+	$(BIN)/mailcow-ha render --stack prod --out out/render
+
+clean:
+	rm -rf $(VENV) out test-artifacts .mypy_cache .ruff_cache .pytest_cache

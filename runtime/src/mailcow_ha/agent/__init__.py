@@ -1,0 +1,1 @@
+"""The resident node agent: keepalived transitions in, health verdicts out, the status API."""

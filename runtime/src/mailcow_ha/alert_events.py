@@ -1,0 +1,34 @@
+"""What the runtime alerts about, and the interface every sender implements.
+
+The sender behind this interface (Apprise, in mailcow_ha.adapters.alerts) must never block or
+raise into a failover: it sends with a short timeout, logs and counts its own errors, and
+rate-limits repeats of the same event.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class AlertEvent(enum.StrEnum):
+    """Every event the runtime alerts about. The values appear in messages and state files."""
+
+    FAILOVER_STARTED = "failover-started"
+    FAILOVER_SUCCEEDED = "failover-succeeded"
+    FAILOVER_FAILED = "failover-failed"
+    DEMOTE_FAILED = "demote-failed"
+    BREAKER_TRIPPED = "breaker-tripped"
+    QUORUM_LOST = "quorum-lost"
+    HEALTH_CHANGED = "health-changed"
+    MAINTENANCE_EXPIRED = "maintenance-expired"
+    GC_REPAIRED = "gc-repaired"
+    DRIFT = "drift"
+    STATE_CORRUPT = "state-corrupt"
+
+
+class Alerter(Protocol):
+    """Sends one alert. Implementations add the cluster and node names to every message."""
+
+    def send(self, event: AlertEvent, reason: str, details: dict[str, str] | None = None) -> None:
+        """Queue or send the alert and return at once; never raise."""

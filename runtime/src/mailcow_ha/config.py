@@ -1,0 +1,288 @@
+"""The node config: one YAML file per node, written by cloud-init, validated at every start.
+
+Every path the runtime touches is a field here, so tests and the lab point the same code at
+loop devices, namespaces and a fake cloud API without the code knowing. Durations are in
+seconds. Secrets are `SecretStr`, whose repr and str print asterisks, so a config object may be
+logged or shown in an error without leaking the token, alert URLs or passwords.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mailcow_ha.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailcow-ha/node.yaml")
+CONFIG_PATH_ENV = "MAILCOW_HA_CONFIG"
+
+_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+PositiveCount = Annotated[int, Field(ge=1, le=1000)]
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Section):
+    """This node's identity inside the cluster."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    index: Annotated[int, Field(ge=1, le=9)]
+    private_ip: ipaddress.IPv4Address
+    private_interface: str = "enp7s0"
+    public_interface: str = "eth0"
+
+
+class PeerSettings(_Section):
+    """Another member of the cluster as this node knew it at install or at the last peer sync."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    index: Annotated[int, Field(ge=1, le=9)]
+    private_ip: ipaddress.IPv4Address
+
+
+class HetznerSettings(_Section):
+    """Hetzner Cloud ids and the client's bounds. The token belongs to the cluster's project."""
+
+    token: SecretStr
+    endpoint: str = "https://api.hetzner.cloud/v1"
+    server_id: Annotated[int, Field(ge=1)] | None = None
+    """This server's id. User data cannot contain it (the server does not exist yet when its
+    user data is rendered), so None means: look the server up by node name in the API."""
+    floating_ip_ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=2)]
+    floating_ips: Annotated[list[ipaddress.IPv4Interface | ipaddress.IPv6Interface], Field(min_length=1, max_length=2)]
+    """Addresses configured on the public interface of the master, with prefix length
+    (an IPv4 floating IP as /32, the IPv6 one as the first address of its /64)."""
+    shared_volume_id: Annotated[int, Field(ge=1)]
+    request_timeout: Seconds = 10.0
+    """Connect and read timeout of one HTTP request to the API."""
+    poll_interval: Seconds = 0.5
+    """Time between two reads of a running action's status."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+            raise ValueError(f"expected an http(s) URL such as https://api.hetzner.cloud/v1, got {value!r}")
+        return value.rstrip("/")
+
+
+class MailcowSettings(_Section):
+    """The mailcow-dockerized compose project that runs on the master only."""
+
+    project_dir: Path = Path("/opt/mailcow-dockerized")
+    project_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")] = "mailcowdockerized"
+    critical_services: Annotated[list[str], Field(min_length=1)] = [
+        "postfix-mailcow",
+        "dovecot-mailcow",
+        "nginx-mailcow",
+        "php-fpm-mailcow",
+        "rspamd-mailcow",
+        "redis-mailcow",
+        "unbound-mailcow",
+    ]
+    """Compose service names whose containers must run and be healthy on the master."""
+
+
+class PathSettings(_Section):
+    """Every file system path and socket the runtime uses."""
+
+    device_dir: Path = Path("/dev/disk/by-id")
+    """Where Hetzner volumes appear as `scsi-0HC_Volume_<id>`."""
+    mount_point: Path = Path("/srv/mailcow-data")
+    """Where the shared data volume is mounted on the master."""
+    docker_socket: str = "unix:///var/run/docker.sock"
+    state_dir: Path = Path("/var/lib/mailcow-ha")
+    """Persistent state: failover history, breaker, maintenance mode."""
+    run_dir: Path = Path("/run/mailcow-ha")
+    """Volatile state: the keepalived FIFO, health file, locks."""
+    keepalived_fifo: Path = Path("/run/mailcow-ha/keepalived.fifo")
+    health_file: Path = Path("/run/mailcow-ha/health")
+    """keepalived `track_file`: 0 when healthy, non-zero puts the VRRP instance into FAULT."""
+    keepalived_conf: Path = Path("/etc/keepalived/keepalived.conf")
+    keepalived_pid_file: Path = Path("/run/keepalived.pid")
+    galera_conf: Path = Path("/etc/mysql/mariadb.conf.d/60-galera.cnf")
+
+
+class DeadlineSettings(_Section):
+    """Upper bounds of the failover steps."""
+
+    cloud_step: Seconds = 60.0
+    """Assigning the floating IPs, or moving the shared volume, including retries."""
+    device: Seconds = 30.0
+    """The attached volume's device appearing under `paths.device_dir`."""
+    mount: Seconds = 30.0
+    containers_healthy: Seconds = 300.0
+    """Every critical container running and healthy after promote starts them."""
+    containers_stop: Seconds = 60.0
+    holders_term: Seconds = 10.0
+    """Time between TERM and KILL for processes still using the mount point at demote."""
+
+
+class BreakerSettings(_Section):
+    """The circuit breaker that stops a failover loop."""
+
+    window: Seconds = 3600.0
+    max_failovers: PositiveCount = 1
+    """Automatic failovers onto this node allowed inside the window; the next one trips."""
+
+
+class HealthSettings(_Section):
+    """How the agent turns probe results into the verdict keepalived sees."""
+
+    interval: Seconds = 0.5
+    probe_timeout: Seconds = 2.0
+    failures_to_unhealthy: PositiveCount = 3
+    successes_to_healthy: PositiveCount = 3
+    restart_tolerance: Annotated[int, Field(ge=0, le=100)] = 3
+    """Container restarts tolerated inside `restart_window` (mailcow's watchdog restarts some)."""
+    restart_window: Seconds = 600.0
+    desync_tolerance: Seconds = 600.0
+    """How long a Galera member may be Donor/Desynced before it counts as unhealthy."""
+    grace_period: Annotated[float, Field(ge=0, le=1800)] = 300.0
+    """After a failover starts, container failures are not counted for this long."""
+
+
+class AlertSettings(_Section):
+    """Where alerts go (Apprise URLs) and how repeats are limited."""
+
+    urls: list[SecretStr] = []
+    repeat_interval: Seconds = 600.0
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class GaleraSettings(_Section):
+    """The local MariaDB Galera member."""
+
+    socket: Path = Path("/run/mysqld/mysqld.sock")
+    user: str = "mailcow_ha"
+    password: SecretStr
+    data_dir: Path = Path("/var/lib/mysql")
+    cluster_name: str
+
+
+class StatusApiSettings(_Section):
+    """The agent's HTTP status API, served on the private address only."""
+
+    port: Annotated[int, Field(ge=1024, le=65535)] = 8741
+    secret: SecretStr
+    """Shared by every node; authenticates the calls that change another node."""
+
+
+class KeepalivedSettings(_Section):
+    """VRRP settings that the renderer and the agent share."""
+
+    instance: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "mailcow"
+    virtual_router_id: Annotated[int, Field(ge=1, le=255)] = 51
+    advert_int: Annotated[float, Field(ge=0.1, le=10)] = 1.0
+    priority: Annotated[int, Field(ge=1, le=254)]
+
+
+class NodeConfig(_Section):
+    """The whole node config file."""
+
+    cluster: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    node: NodeSettings
+    peers: list[PeerSettings] = []
+    """Every member of the cluster, this node included, as known when the file was written.
+    Empty in user data; the membership sync learns the members from the API by label."""
+    hetzner: HetznerSettings
+    mailcow: MailcowSettings = MailcowSettings()
+    paths: PathSettings = PathSettings()
+    deadlines: DeadlineSettings = DeadlineSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    health: HealthSettings = HealthSettings()
+    alerts: AlertSettings = AlertSettings()
+    galera: GaleraSettings
+    status_api: StatusApiSettings
+    keepalived: KeepalivedSettings
+
+    @model_validator(mode="after")
+    def _peers_are_consistent(self) -> Self:
+        columns = {
+            "name": [peer.name for peer in self.peers],
+            "index": [str(peer.index) for peer in self.peers],
+            "private_ip": [str(peer.private_ip) for peer in self.peers],
+        }
+        for label, values in columns.items():
+            duplicates = sorted({value for value in values if values.count(value) > 1})
+            if duplicates:
+                raise ValueError(f"peers: duplicate {label} {', '.join(duplicates)}; list each node once")
+        if self.peers and self.node.name not in columns["name"]:
+            raise ValueError(f"peers: this node {self.node.name!r} is missing from the list")
+        return self
+
+    @property
+    def volume_device(self) -> Path:
+        """The path under which the shared volume's device appears when attached here."""
+        return self.paths.device_dir / f"scsi-0HC_Volume_{self.hetzner.shared_volume_id}"
+
+
+def parse_config(data: Any, *, source: str = "node config") -> NodeConfig:
+    """Validate a parsed YAML document and return the node config.
+
+    Raises ConfigError listing every invalid key as a dotted path with the rule it broke.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """Render pydantic's errors as one line per key, without the rejected values of secrets."""
+    lines = [f"{source} is invalid ({error.error_count()} problem(s)); fix these keys:"]
+    for problem in error.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        lines.append(f"  {key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None) -> NodeConfig:
+    """Read, check the permissions of, and validate the node config file.
+
+    The path is, in order: the argument, $MAILCOW_HA_CONFIG, /etc/mailcow-ha/node.yaml.
+    The file holds secrets, so a file that group or others may read is rejected.
+    """
+    if path is None:
+        path = Path(os.environ.get(CONFIG_PATH_ENV, str(DEFAULT_CONFIG_PATH)))
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"node config {path} not found; pass --config or set {CONFIG_PATH_ENV}") from None
+    except OSError as error:
+        raise ConfigError(f"node config {path} could not be read: {error.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"node config {path} has mode {stat.S_IMODE(mode):04o} but contains secrets; run chmod 600 {path}"
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"node config {path} is not valid YAML{where}; fix the syntax") from None
+    return parse_config(data, source=f"node config {path}")

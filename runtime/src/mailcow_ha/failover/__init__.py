@@ -1,0 +1,1 @@
+"""Promote, demote, their serialisation, and the circuit breaker."""

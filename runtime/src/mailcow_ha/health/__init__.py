@@ -1,0 +1,1 @@
+"""Probes of the node's health and the verdict keepalived sees."""

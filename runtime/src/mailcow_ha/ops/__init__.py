@@ -1,0 +1,1 @@
+"""Operator commands: status, switchover, history, maintenance, garbage collection."""
