@@ -102,6 +102,14 @@ class MailcowSettings(_Section):
         "unbound-mailcow",
     ]
     """Compose service names whose containers must run and be healthy on the master."""
+    db_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "mailcow"
+    db_user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,32}$")] = "mailcow"
+    db_password: SecretStr | None = None
+    """mailcow's database password. The compose override hands it to the services that use the
+    database, and `galera first-boot` creates the user with it. None leaves both to mailcow.conf."""
+    runtime_version: str | None = None
+    """The mailcow-ha version `upgrade --runtime` installs on every node (a pip requirement
+    version such as 0.2.0); None means the command needs `--version`."""
 
 
 class PathSettings(_Section):
@@ -179,6 +187,16 @@ class GaleraSettings(_Section):
     password: SecretStr
     data_dir: Path = Path("/var/lib/mysql")
     cluster_name: str
+    mariadbd: str = "mariadbd"
+    """The server binary that `--wsrep-recover` runs to read this member's position."""
+    defaults_file: Path | None = None
+    """Option file passed to mariadbd as `--defaults-file`; None reads the system's my.cnf."""
+    bootstrap_command: list[str] = ["galera_new_cluster"]
+    """Starts this member as the first node of a new primary component."""
+    start_command: list[str] = ["systemctl", "start", "mariadb"]
+    """Starts this member so that it joins the running primary component."""
+    start_timeout: Seconds = 600.0
+    """Upper bound of one bootstrap or join, state transfer included."""
 
 
 class StatusApiSettings(_Section):
