@@ -1,0 +1,5 @@
+"""Fixtures shared by the integration tests. Each is defined next to its helper in tests/harness."""
+
+from harness.galera import galera, galera_cluster
+
+__all__ = ["galera", "galera_cluster"]
