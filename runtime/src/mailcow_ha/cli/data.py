@@ -1,0 +1,105 @@
+"""`mailcow-ha init-data` and `mailcow-ha compose-override`: prepare the volume and mailcow's compose file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mailcow_ha.config import load_config
+from mailcow_ha.errors import ConfigError, ExitCode
+from mailcow_ha.mailcow.initdata import InitRequest, init_data
+from mailcow_ha.render import compose
+
+
+def register(subparsers: Any) -> None:
+    init = subparsers.add_parser(
+        "init-data",
+        help="prepare the new shared volume once: multi-mount protection, marker, directory layout",
+        description=(
+            "Turn on ext4 multi-mount protection on the shared volume, write the marker that promote requires "
+            "and create mailcow's directory layout. Run once, on node 1, with the volume attached and unmounted. "
+            "Rejects a volume of another cluster or one that already contains data; never formats."
+        ),
+    )
+    init.add_argument("--device", type=Path, help="the volume's device (default: from the node config)")
+    init.add_argument(
+        "--mmp-interval",
+        type=int,
+        default=5,
+        help="ext4 multi-mount protection update interval in seconds (default: 5)",
+    )
+    init.set_defaults(handler=run_init_data)
+
+    override = subparsers.add_parser(
+        "compose-override",
+        help="write mailcow's docker-compose.override.yml for this cluster",
+        description=(
+            "Render docker-compose.override.yml from the node config and mailcow's docker-compose.yml, check "
+            "that mailcow.conf pins the expected compose project name, and write the file with mode 0600."
+        ),
+    )
+    override.add_argument(
+        "--project-dir", type=Path, help="the mailcow-dockerized checkout (default: mailcow.project_dir)"
+    )
+    override.add_argument("--stdout", action="store_true", help="print the override instead of writing it")
+    override.set_defaults(handler=run_compose_override)
+
+
+def run_init_data(args: argparse.Namespace) -> ExitCode:
+    config = load_config(args.config)
+    if not 1 <= args.mmp_interval <= 300:
+        raise ConfigError(f"--mmp-interval {args.mmp_interval} is out of range; use 1 to 300 seconds")
+    request = InitRequest(
+        device=args.device or config.volume_device,
+        cluster=config.cluster,
+        volume_id=config.hetzner.shared_volume_id,
+        project_name=config.mailcow.project_name,
+        mmp_update_interval=args.mmp_interval,
+        work_dir=config.paths.run_dir,
+    )
+    decision = init_data(request)
+    print(f"init-data: {decision.action} on {request.device}: {decision.reason}")
+    return ExitCode.OK
+
+
+def run_compose_override(args: argparse.Namespace) -> ExitCode:
+    config = load_config(args.config)
+    project_dir: Path = args.project_dir or config.mailcow.project_dir
+    conf_path = project_dir / "mailcow.conf"
+    try:
+        conf_text = conf_path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"{conf_path} could not be read ({error.strerror}); run mailcow's generate_config.sh"
+        ) from None
+    problem = compose.project_name_problem(conf_text, config.mailcow.project_name)
+    if problem is not None:
+        raise ConfigError(problem)
+
+    base = compose.load_base(project_dir / "docker-compose.yml")
+    text = compose.dump_override(compose.render_override(compose.inputs_from_config(config), base))
+    if args.stdout:
+        sys.stdout.write(text)
+        return ExitCode.OK
+    target = project_dir / "docker-compose.override.yml"
+    _write_private(target, text)
+    print(f"wrote {target}")
+    return ExitCode.OK
+
+
+def _write_private(target: Path, text: str) -> None:
+    """Write `text` atomically with mode 0600, because the override contains the database password."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
