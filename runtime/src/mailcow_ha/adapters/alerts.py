@@ -419,7 +419,7 @@ class AppriseAlerter:
             log.error("alert %s not delivered to URL %s after %d attempt(s); giving up", message.key, schemes, attempt)
             return
         delay = self.retry_delays[attempt - 1]
-        log.warning("alert %s not delivered to URL %s; retrying in %.0f s", message.key, schemes, delay)
+        log.warning("alert %s not delivered to URL %s; retrying in %.1f s", message.key, schemes, delay)
         self._retries.append(_Retry(message, self._clock() + delay, attempt + 1, failed_urls))
 
     def _run_due_retries(self, now: float) -> list[tuple[int, int]]:
