@@ -75,9 +75,15 @@ class HetznerSettings(_Section):
     (an IPv4 floating IP as /32, the IPv6 one as the first address of its /64)."""
     shared_volume_id: Annotated[int, Field(ge=1)]
     request_timeout: Seconds = 10.0
-    """Connect and read timeout of one HTTP request to the API."""
+    """Read timeout of one HTTP request to the API; a step's deadline shortens it further."""
+    connect_timeout: Seconds = 3.0
+    """TCP connect timeout of one HTTP request to the API."""
     poll_interval: Seconds = 0.5
     """Time between two reads of a running action's status."""
+    retry_backoff_initial: Seconds = 0.25
+    """Wait before the first retry of a transient API error; it doubles with every retry."""
+    retry_backoff_max: Seconds = 4.0
+    """Upper bound of the wait between two retries (a 429 waits for its RateLimit-Reset instead)."""
 
     @field_validator("endpoint")
     @classmethod
@@ -145,6 +151,23 @@ class DeadlineSettings(_Section):
     containers_stop: Seconds = 60.0
     holders_term: Seconds = 10.0
     """Time between TERM and KILL for processes still using the mount point at demote."""
+    unmount: Seconds = 30.0
+    """Syncing and unmounting the shared volume at demote."""
+    promote: Seconds = 480.0
+    """The whole promote; it cuts every step's own deadline short."""
+    engine_request: Seconds = 30.0
+    """Read timeout of one Docker API request (a stop request also gets the container's stop timeout)."""
+    transition_lock: Seconds = 60.0
+    """Wait for the transition lock when another command holds it, before the transition fails."""
+
+
+class VolumeSettings(_Section):
+    """How promote checks and mounts the shared data volume."""
+
+    mount_options: Annotated[str, Field(pattern=r"^[A-Za-z0-9_=.,-]+$")] = "noatime,errors=remount-ro"
+    """Options passed to mount with `-o`; the file system type is always ext4."""
+    require_mmp: bool = True
+    """Reject a volume without ext4 multi-mount protection, which `mailcow-ha init-data` turns on."""
 
 
 class BreakerSettings(_Section):
@@ -227,6 +250,7 @@ class NodeConfig(_Section):
     hetzner: HetznerSettings
     mailcow: MailcowSettings = MailcowSettings()
     paths: PathSettings = PathSettings()
+    volume: VolumeSettings = VolumeSettings()
     deadlines: DeadlineSettings = DeadlineSettings()
     breaker: BreakerSettings = BreakerSettings()
     health: HealthSettings = HealthSettings()
