@@ -148,6 +148,11 @@ def render_keepalived_conf(inputs: KeepalivedInputs) -> str:
         ("enable_script_security", None),
         ("script_user", f"{inputs.script_user} {inputs.script_group or inputs.script_user}"),
         ("notify_fifo", str(inputs.notify_fifo)),
+        # The agent re-learns the VRRP state after a restart from the SIGUSR1 data dump. This
+        # option names the dump after the network namespace (/tmp/keepalived.NS.data), so several
+        # keepalived in namespaces on one machine do not share one file; without a namespace
+        # (production) keepalived 2.2.7 still writes /tmp/keepalived.data.
+        ("data_use_instance", None),
     ]
     health_track: Block = [
         ("file", _quote(inputs.health_file)),
