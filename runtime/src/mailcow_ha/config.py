@@ -135,6 +135,10 @@ class PathSettings(_Section):
     """keepalived `track_file`: 0 when healthy, non-zero puts the VRRP instance into FAULT."""
     keepalived_conf: Path = Path("/etc/keepalived/keepalived.conf")
     keepalived_pid_file: Path = Path("/run/keepalived.pid")
+    keepalived_data_file: Path = Path("/tmp/keepalived.data")  # noqa: S108 keepalived's fixed path
+    """Where keepalived writes its SIGUSR1 data dump, read by the agent to re-learn the VRRP state.
+    keepalived 2.2.7 with `data_use_instance` names it /tmp/keepalived.NS.data inside namespace NS.
+    The agent trusts the file only when root owns it and nobody else may write it."""
     galera_conf: Path = Path("/etc/mysql/mariadb.conf.d/60-galera.cnf")
 
 
@@ -192,6 +196,21 @@ class HealthSettings(_Section):
     """How long a Galera member may be Donor/Desynced before it counts as unhealthy."""
     grace_period: Annotated[float, Field(ge=0, le=1800)] = 300.0
     """After a failover starts, container failures are not counted for this long."""
+    galera_interval: Seconds = 1.0
+    """Time between two Galera probes while they pass."""
+    container_poll_interval: Seconds = 5.0
+    """Time between two container polls while they pass; engine events trigger a probe at once."""
+    retry_interval: Seconds = 0.1
+    """After a probe fails, it runs again this soon, so that consecutive failures confirm quickly."""
+    restart_wait: Seconds = 10.0
+    """How long a died container whose restart policy restarts it may stay down within the tolerance."""
+    failed_transition_hold: Seconds = 60.0
+    """How long the node reports unhealthy after a failed promote, so that another node takes over."""
+    watchdog_timeout: Annotated[float, Field(ge=2, le=300)] = 10.0
+    """The agent's guardian process reports unhealthy and kills the agent when its main loop has
+    not reported progress for this long."""
+    keepalived_check_interval: Seconds = 2.0
+    """Time between two checks that keepalived still runs; a vanished keepalived means demote."""
 
 
 class AlertSettings(_Section):
@@ -210,6 +229,8 @@ class GaleraSettings(_Section):
     password: SecretStr
     data_dir: Path = Path("/var/lib/mysql")
     cluster_name: str
+    buffer_pool_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMG]?$")] = "256M"
+    gcache_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*[KMG]?$")] = "512M"
     mariadbd: str = "mariadbd"
     """The server binary that `--wsrep-recover` runs to read this member's position."""
     defaults_file: Path | None = None
@@ -237,6 +258,23 @@ class KeepalivedSettings(_Section):
     virtual_router_id: Annotated[int, Field(ge=1, le=255)] = 51
     advert_int: Annotated[float, Field(ge=0.1, le=10)] = 1.0
     priority: Annotated[int, Field(ge=1, le=254)]
+    script_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")] = "keepalived_script"
+    """The user keepalived runs scripts as (`enable_script_security` requires one that exists)."""
+    script_group: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]*$")] | None = None
+    agent_process: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")] | None = "mailcow-ha-agen"
+    """Process name keepalived's `track_process` watches; the agent sets its own name to it.
+    None leaves `track_process` out, for keepalived in a network namespace other than the initial one,
+    where the kernel's process events do not reach it."""
+    agent_restart_delay: Annotated[float, Field(ge=0, le=60)] = 5.0
+    """Seconds a restarting agent may be gone before keepalived, or the agent's guardian, puts the node in FAULT."""
+
+
+class MembershipSettings(_Section):
+    """How the agent learns the cluster's members from the Hetzner API after a scale-out."""
+
+    enabled: bool = True
+    sync_interval: Annotated[float, Field(ge=10, le=86400)] = 60.0
+    """Time between two listings of the cluster's servers; each costs one API request."""
 
 
 class NodeConfig(_Section):
@@ -258,6 +296,7 @@ class NodeConfig(_Section):
     galera: GaleraSettings
     status_api: StatusApiSettings
     keepalived: KeepalivedSettings
+    membership: MembershipSettings = MembershipSettings()
 
     @model_validator(mode="after")
     def _peers_are_consistent(self) -> Self:
