@@ -1,0 +1,581 @@
+"""The stack config: every Pulumi config key of the project, its default, and its rules.
+
+The Pulumi program and `mailcow-ha render` both read the stack config through `parse_stack`,
+so a value that `pulumi up` rejects is rejected offline too. Every problem is reported at once,
+each naming the key, the value (hidden for secrets) and the rule it broke.
+
+Secret keys (the API token, alert URLs, database password, cluster secret) must be set with
+`pulumi config set --secret`; a plain value is rejected. Offline, where the values are encrypted,
+they are replaced by placeholders that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from mailcow_ha.errors import ConfigError
+
+PROJECT = "mailcow-ha"
+MAX_CLUSTER_NAME = 60
+"""Server names are `<cluster>-<index>` and Hetzner allows 63 characters."""
+NODE_ADDRESS_OFFSET = 10
+"""Node N gets the subnet's address number 10 + N (10.0.1.11 for node 1 of 10.0.1.0/24)."""
+MAX_NODES = 9
+VOLUME_MIN_GB = 10
+VOLUME_MAX_GB = 10240
+
+NETWORK_ZONES = {
+    "fsn1": "eu-central",
+    "nbg1": "eu-central",
+    "hel1": "eu-central",
+    "ash": "us-east",
+    "hil": "us-west",
+    "sin": "ap-southeast",
+}
+"""Hetzner Cloud locations and the network zone their private networks belong to."""
+
+RESERVED_NETWORKS = {
+    ipaddress.IPv4Network("172.17.0.0/16"): "Docker's default bridge network",
+    ipaddress.IPv4Network("172.22.1.0/24"): "mailcow's container network",
+    ipaddress.IPv4Network("172.31.1.1/32"): "Hetzner's default gateway of the public interface",
+}
+"""Ranges a node already routes elsewhere; a private network overlapping one breaks routing."""
+
+MOVING_REFS = frozenset({"master", "main", "nightly", "staging", "HEAD"})
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_FQDN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_GIT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
+_SERVER_TYPE = re.compile(r"^[a-z]+[0-9]+[a-z]*$")
+_IMAGE = re.compile(r"^debian-(1[2-9])$")
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]{16,}( \S.*)?$"
+)
+_APPRISE_URL = re.compile(r"^[a-z][a-z0-9+]{1,31}://\S+$")
+_REPOSITORY = re.compile(r"^(https://[^\s/@]+(/[^\s]*)?|ssh://[^\s]+|git@[^\s:]+:[^\s]+)$")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A secret whose value is not available here (encrypted in the stack file, or not set yet)."""
+
+    key: str
+
+    def __str__(self) -> str:
+        return f"<secret {PROJECT}:{self.key}>"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One config key as Pulumi.yaml declares it."""
+
+    name: str
+    type: str
+    description: str
+    default: Any = None
+    secret: bool = False
+    required: bool = False
+
+
+KEYS: tuple[KeySpec, ...] = (
+    KeySpec(
+        "clusterName", "string", "Cluster name, the prefix of every resource name; empty means mailcow-<stack>.", ""
+    ),
+    KeySpec("nodeCount", "integer", "Number of servers: 3, 5, 7 or 9 (an odd count keeps a Galera majority).", 3),
+    KeySpec(
+        "location",
+        "string",
+        "Hetzner location of every server, volume and floating IP (fsn1, nbg1, hel1, ash, hil, sin).",
+        "fsn1",
+    ),
+    KeySpec(
+        "serverType", "string", "Hetzner server type of every node; mailcow needs at least 6 GB of memory.", "cx32"
+    ),
+    KeySpec("image", "string", "Hetzner image of every node; the cloud-init targets Debian 12 or later.", "debian-12"),
+    KeySpec("networkCidr", "string", "Private network range (RFC 1918).", "10.0.0.0/16"),
+    KeySpec("subnetCidr", "string", "Subnet of the private network that the nodes use; /27 or larger.", "10.0.1.0/24"),
+    KeySpec("adminSshKeys", "array", "OpenSSH public keys allowed to log in as root on every node.", []),
+    KeySpec(
+        "sshAllowedCidrs", "array", "Source ranges allowed to reach SSH on the public interfaces; empty closes SSH.", []
+    ),
+    KeySpec(
+        "sharedVolumeSize",
+        "integer",
+        "Size in GB of the shared mail data volume (10..10240); raising it grows the volume in place.",
+        100,
+    ),
+    KeySpec(
+        "dbVolumeSize",
+        "integer",
+        "Size in GB of each node's Galera volume (10..10240); raising it grows the volumes in place.",
+        20,
+    ),
+    KeySpec(
+        "mailHostname",
+        "string",
+        "The mail server's fully qualified host name; the floating IPs' reverse DNS is set to it.",
+        required=True,
+    ),
+    KeySpec("floatingIpv6", "boolean", "Also create a floating IPv6 network (/64) for mail over IPv6.", False),
+    KeySpec(
+        "hcloudToken",
+        "string",
+        "Hetzner API token used by the nodes at run time (read and write); set with --secret.",
+        secret=True,
+        required=True,
+    ),
+    KeySpec("alertUrls", "string", "Apprise URLs for alerts, separated by spaces; set with --secret.", secret=True),
+    KeySpec(
+        "galeraPassword",
+        "string",
+        "Password of the runtime's database user; generated when unset; set with --secret.",
+        secret=True,
+    ),
+    KeySpec(
+        "statusApiSecret",
+        "string",
+        "Secret shared by the nodes' status APIs; generated when unset; set with --secret.",
+        secret=True,
+    ),
+    KeySpec(
+        "breakerWindow",
+        "integer",
+        "Seconds after an automatic failover onto a node during which the next one is refused.",
+        3600,
+    ),
+    KeySpec(
+        "advertInterval",
+        "integer",
+        "keepalived advert interval in seconds (1..10); failure detection takes about 3 intervals.",
+        1,
+    ),
+    KeySpec(
+        "virtualRouterId",
+        "integer",
+        "VRRP virtual router id (1..255), unique among clusters sharing the private network.",
+        51,
+    ),
+    KeySpec("privateInterface", "string", "Name of the private network interface on the nodes.", "enp7s0"),
+    KeySpec(
+        "publicInterface", "string", "Name of the public interface, where the floating IPs are configured.", "eth0"
+    ),
+    KeySpec("mailcowRef", "string", "mailcow-dockerized tag or commit to check out on every node.", "2025-01"),
+    KeySpec(
+        "runtimeRepository",
+        "string",
+        "Git URL of this repository, from which the nodes install the runtime.",
+        required=True,
+    ),
+    KeySpec(
+        "runtimeRef",
+        "string",
+        "Commit (40 hex digits) of this repository that the nodes install; empty means the checkout's HEAD.",
+        "",
+    ),
+)
+KEYS_BY_NAME = {spec.name: spec for spec in KEYS}
+SECRET_KEYS = frozenset(spec.name for spec in KEYS if spec.secret)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """A validated stack config. Secrets are SecretStr or Placeholder, so printing one shows no value."""
+
+    stack: str
+    cluster_name: str
+    node_count: int
+    location: str
+    server_type: str
+    image: str
+    network_cidr: ipaddress.IPv4Network
+    subnet_cidr: ipaddress.IPv4Network
+    admin_ssh_keys: tuple[str, ...]
+    ssh_allowed_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    shared_volume_size: int
+    db_volume_size: int
+    mail_hostname: str
+    floating_ipv6: bool
+    breaker_window: int
+    advert_interval: int
+    virtual_router_id: int
+    private_interface: str
+    public_interface: str
+    mailcow_ref: str
+    runtime_repository: str
+    runtime_ref: str
+    """A commit id, or empty until `resolve_runtime_ref` fills it in."""
+    hcloud_token: SecretStr | Placeholder = field(repr=False)
+    alert_urls: tuple[SecretStr | Placeholder, ...] = field(default=(), repr=False)
+    galera_password: SecretStr | Placeholder | None = field(default=None, repr=False)
+    status_api_secret: SecretStr | Placeholder | None = field(default=None, repr=False)
+
+    @property
+    def network_zone(self) -> str:
+        return NETWORK_ZONES[self.location]
+
+    @property
+    def node_indexes(self) -> range:
+        return range(1, self.node_count + 1)
+
+    def node_name(self, index: int) -> str:
+        return f"{self.cluster_name}-{index}"
+
+    def private_ip(self, index: int) -> ipaddress.IPv4Address:
+        """Return node `index`'s static private address, which does not depend on the node count."""
+        return self.subnet_cidr.network_address + NODE_ADDRESS_OFFSET + index
+
+
+def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str], *, stack: str) -> StackConfig:
+    """Validate raw stack config values and return the stack config.
+
+    `values` maps key names without the `mailcow-ha:` prefix to what Pulumi stores: strings, or
+    YAML values from a stack file. `secret_keys` names the keys that were set as secrets.
+    Raises ConfigError listing every problem.
+    """
+    problems: list[str] = []
+    unknown = sorted(set(values) - set(KEYS_BY_NAME))
+    for key in unknown:
+        problems.append(f"{PROJECT}:{key}: unknown key; known keys are listed in Pulumi.yaml (check the spelling)")
+
+    reader = _Reader(values, frozenset(secret_keys), problems)
+    node_count = reader.integer("nodeCount", _check_node_count)
+    location = reader.text("location", _check_location)
+    network = reader.text("networkCidr", _check_network)
+    subnet = reader.text("subnetCidr", _check_cidr_syntax)
+    config_values: dict[str, Any] = {
+        "stack": stack,
+        "cluster_name": reader.text("clusterName", _check_cluster_name) or f"mailcow-{stack}",
+        "node_count": node_count,
+        "location": location,
+        "server_type": reader.text("serverType", _pattern(_SERVER_TYPE, "a Hetzner server type such as cx32")),
+        "image": reader.text("image", _pattern(_IMAGE, "a Debian image of release 12 or later, such as debian-12")),
+        "network_cidr": network,
+        "subnet_cidr": subnet,
+        "admin_ssh_keys": tuple(reader.array("adminSshKeys", _pattern(_SSH_KEY, "an OpenSSH public key line"))),
+        "ssh_allowed_cidrs": tuple(reader.array("sshAllowedCidrs", _check_any_cidr)),
+        "shared_volume_size": reader.integer("sharedVolumeSize", _check_volume_size),
+        "db_volume_size": reader.integer("dbVolumeSize", _check_volume_size),
+        "mail_hostname": reader.text("mailHostname", _check_fqdn),
+        "floating_ipv6": reader.boolean("floatingIpv6"),
+        "breaker_window": reader.integer("breakerWindow", _range(60, 86400, "seconds")),
+        "advert_interval": reader.integer("advertInterval", _range(1, 10, "seconds")),
+        "virtual_router_id": reader.integer("virtualRouterId", _range(1, 255, "")),
+        "private_interface": reader.text(
+            "privateInterface", _pattern(_INTERFACE, "an interface name of 1..15 characters")
+        ),
+        "public_interface": reader.text(
+            "publicInterface", _pattern(_INTERFACE, "an interface name of 1..15 characters")
+        ),
+        "mailcow_ref": reader.text("mailcowRef", _check_mailcow_ref),
+        "runtime_repository": reader.text(
+            "runtimeRepository", _pattern(_REPOSITORY, "an https://, ssh:// or git@ URL")
+        ),
+        "runtime_ref": reader.text("runtimeRef", _check_runtime_ref),
+        "hcloud_token": reader.secret("hcloudToken", _check_token),
+        "alert_urls": tuple(reader.secret_list("alertUrls", _check_alert_url)),
+        "galera_password": reader.secret("galeraPassword", _check_password),
+        "status_api_secret": reader.secret("statusApiSecret", _check_password),
+    }
+    if isinstance(network, ipaddress.IPv4Network) and isinstance(subnet, ipaddress.IPv4Network):
+        _check_subnet(network, subnet, problems)
+
+    if problems:
+        lines = [f"stack {stack!r} config is invalid ({len(problems)} problem(s)); fix these keys:"]
+        lines.extend(f"  {problem}" for problem in problems)
+        raise ConfigError("\n".join(lines))
+    return StackConfig(**config_values)
+
+
+Check = Callable[[Any], Any]
+"""Convert a raw value and return it, or raise ValueError with the rule it broke."""
+
+
+class _Reader:
+    """Reads keys with their defaults, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, values: Mapping[str, Any], secret_keys: frozenset[str], problems: list[str]):
+        self.values = values
+        self.secret_keys = secret_keys
+        self.problems = problems
+
+    def _raw(self, key: str) -> Any:
+        spec = KEYS_BY_NAME[key]
+        value = self.values.get(key)
+        if value is None or (value == "" and spec.required):
+            if spec.required and not spec.secret:
+                self.problems.append(f"{PROJECT}:{key}: missing; set it with `pulumi config set {key} VALUE`")
+            return spec.default
+        return value
+
+    def _fail(self, key: str, value: Any, rule: str) -> None:
+        shown = "<hidden>" if KEYS_BY_NAME[key].secret else repr(value)
+        self.problems.append(f"{PROJECT}:{key}: invalid value {shown}; {rule}")
+
+    def _apply(self, key: str, value: Any, check: Check) -> Any:
+        try:
+            return check(value)
+        except ValueError as error:
+            self._fail(key, value, str(error))
+            return None
+
+    def text(self, key: str, check: Check) -> Any:
+        value = self._raw(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self._fail(key, value, "expected a string")
+            return None
+        if value == "" and KEYS_BY_NAME[key].default == "":
+            return ""
+        return self._apply(key, value.strip(), check)
+
+    def integer(self, key: str, check: Check) -> Any:
+        value = self._raw(key)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            self._fail(key, value, "expected an integer")
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            self._fail(key, value, "expected an integer")
+            return None
+        return self._apply(key, number, check)
+
+    def boolean(self, key: str) -> Any:
+        value = self._raw(key)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        self._fail(key, value, "expected true or false")
+        return None
+
+    def array(self, key: str, check: Check) -> list[Any]:
+        value = self._raw(key)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                self._fail(key, value, "expected a list, set with `pulumi config set --path 'KEY[0]' VALUE`")
+                return []
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self._fail(key, value, "expected a list of strings")
+            return []
+        return [self._apply(key, item, check) for item in value]
+
+    def secret(self, key: str, check: Check) -> SecretStr | Placeholder | None:
+        spec = KEYS_BY_NAME[key]
+        value = self.values.get(key)
+        if isinstance(value, Placeholder):
+            return value
+        if value is None or value == "":
+            if spec.required:
+                self.problems.append(f"{PROJECT}:{key}: missing; set it with `pulumi config set --secret {key}`")
+            return None
+        if key not in self.secret_keys:
+            self.problems.append(
+                f"{PROJECT}:{key}: given as plain text, which stores it unencrypted; "
+                f"run `pulumi config rm {key}` and `pulumi config set --secret {key}`"
+            )
+            return None
+        if not isinstance(value, str):
+            self._fail(key, value, "expected a string")
+            return None
+        checked = self._apply(key, value.strip(), check)
+        return None if checked is None else SecretStr(checked)
+
+    def secret_list(self, key: str, check: Check) -> list[SecretStr | Placeholder]:
+        value = self.secret(key, lambda text: text)
+        if value is None or isinstance(value, Placeholder):
+            return [] if value is None else [value]
+        urls: list[SecretStr | Placeholder] = []
+        for position, item in enumerate(value.get_secret_value().replace(",", " ").split(), start=1):
+            try:
+                urls.append(SecretStr(check(item)))
+            except ValueError as error:
+                self.problems.append(f"{PROJECT}:{key}: URL number {position} is invalid; {error}")
+        return urls
+
+
+def _pattern(pattern: re.Pattern[str], expected: str) -> Check:
+    def check(value: Any) -> Any:
+        if not pattern.match(value):
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return check
+
+
+def _range(low: int, high: int, unit: str) -> Check:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"expected {low}..{high}{' ' + unit if unit else ''}")
+        return value
+
+    return check
+
+
+def _check_node_count(value: int) -> int:
+    if value < 3 or value > MAX_NODES or value % 2 == 0:
+        raise ValueError(
+            "expected 3, 5, 7 or 9: an even count can split Galera into halves without a majority, "
+            "and a spread placement group holds at most 10 servers, leaving room for one replacement"
+        )
+    return value
+
+
+def _check_location(value: str) -> str:
+    if value not in NETWORK_ZONES:
+        raise ValueError(f"expected a Hetzner location: {', '.join(sorted(NETWORK_ZONES))}")
+    return value
+
+
+def _check_cluster_name(value: str) -> str:
+    if len(value) > MAX_CLUSTER_NAME or not _NAME.match(value):
+        raise ValueError(f"expected lower-case letters, digits and '-', at most {MAX_CLUSTER_NAME} characters")
+    return value
+
+
+def _check_cidr_syntax(value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=True)
+    except ValueError as error:
+        raise ValueError(f"expected an IPv4 network such as 10.0.1.0/24 ({error})") from None
+
+
+def _check_network(value: str) -> ipaddress.IPv4Network:
+    network = _check_cidr_syntax(value)
+    if not any(network.subnet_of(block) for block in _PRIVATE_BLOCKS):
+        raise ValueError("expected a private range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
+    for reserved, what in RESERVED_NETWORKS.items():
+        if network.overlaps(reserved):
+            raise ValueError(f"overlaps {reserved} ({what}); choose another range")
+    return network
+
+
+_PRIVATE_BLOCKS = (
+    ipaddress.IPv4Network("10.0.0.0/8"),
+    ipaddress.IPv4Network("172.16.0.0/12"),
+    ipaddress.IPv4Network("192.168.0.0/16"),
+)
+
+
+def _check_subnet(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, problems: list[str]) -> None:
+    if not subnet.subnet_of(network):
+        problems.append(
+            f"{PROJECT}:subnetCidr: invalid value '{subnet}'; expected a subnet inside networkCidr {network}"
+        )
+        return
+    needed = NODE_ADDRESS_OFFSET + MAX_NODES + 2
+    if subnet.num_addresses < needed:
+        problems.append(
+            f"{PROJECT}:subnetCidr: invalid value '{subnet}'; expected at least {needed} addresses (/27 or larger), "
+            f"because node N uses address number {NODE_ADDRESS_OFFSET} + N for N up to {MAX_NODES}"
+        )
+
+
+def _check_any_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        raise ValueError(f"expected a network such as 198.51.100.0/24 or 2001:db8::/48 ({error})") from None
+
+
+def _check_volume_size(value: int) -> int:
+    if not VOLUME_MIN_GB <= value <= VOLUME_MAX_GB:
+        raise ValueError(f"expected {VOLUME_MIN_GB}..{VOLUME_MAX_GB} GB, the sizes Hetzner volumes support")
+    return value
+
+
+def _check_fqdn(value: str) -> str:
+    name = value.rstrip(".").lower()
+    labels = name.split(".")
+    if (
+        len(name) > 253
+        or len(labels) < 3
+        or not all(_FQDN_LABEL.match(label) for label in labels)
+        or not labels[-1].isalpha()
+    ):
+        raise ValueError("expected a fully qualified host name such as mail.example.org")
+    return name
+
+
+def _check_mailcow_ref(value: str) -> str:
+    if not _GIT_REF.match(value) or ".." in value:
+        raise ValueError("expected a git tag or commit of mailcow-dockerized, such as 2025-01")
+    if value in MOVING_REFS:
+        raise ValueError("expected a tag or commit; a branch moves, so nodes created later would run other code")
+    return value
+
+
+def _check_runtime_ref(value: str) -> str:
+    if not _COMMIT.match(value):
+        raise ValueError("expected a full commit id (40 lower-case hex digits); run `git rev-parse TAG` for a tag")
+    return value
+
+
+def _check_token(value: str) -> str:
+    if not value or any(character.isspace() for character in value):
+        raise ValueError("expected a Hetzner API token without spaces")
+    return value
+
+
+def _check_password(value: str) -> str:
+    if len(value) < 16 or any(character.isspace() or character in "\"'\\" for character in value):
+        raise ValueError("expected at least 16 characters without spaces, quotes or backslashes")
+    return value
+
+
+def _check_alert_url(value: str) -> str:
+    if not _APPRISE_URL.match(value):
+        raise ValueError("expected an Apprise URL such as mailtos://user:password@example.org")
+    return value
+
+
+def resolve_runtime_ref(config: StackConfig, repository: Path, *, allow_dirty: bool) -> tuple[StackConfig, str | None]:
+    """Fill in an empty runtimeRef with the commit checked out in `repository`.
+
+    Returns the config and a warning, if any. A working tree with uncommitted changes is
+    rejected unless `allow_dirty` (the offline review), because nodes install the commit, not
+    the changes. Raises ConfigError when git cannot tell the commit.
+    """
+    if config.runtime_ref:
+        return config, None
+    head = _git(repository, "rev-parse", "HEAD")
+    changes = _git(repository, "status", "--porcelain", "--untracked-files=no")
+    warning = None
+    if changes:
+        message = (
+            f"runtimeRef is empty and {repository} has uncommitted changes; nodes would install {head} "
+            "without them. Commit them, or set runtimeRef to the commit to deploy"
+        )
+        if not allow_dirty:
+            raise ConfigError(message)
+        warning = message
+    return dataclasses.replace(config, runtime_ref=head), warning
+
+
+def _git(repository: Path, *arguments: str) -> str:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repository), *arguments], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ConfigError(f"git {arguments[0]} in {repository} failed ({error}); set runtimeRef explicitly") from None
+    if result.returncode != 0:
+        raise ConfigError(
+            f"git {arguments[0]} in {repository} failed: {result.stderr.strip()}; set runtimeRef explicitly"
+        )
+    return result.stdout.strip()
