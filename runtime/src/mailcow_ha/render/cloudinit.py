@@ -121,7 +121,7 @@ def render_user_data(stack: StackConfig, index: int, cloud: CloudIds, secrets: N
     if not stack.runtime_ref:
         raise ConfigError("runtimeRef is not resolved; user data must pin the runtime to one commit")
     document = user_data_document(stack, index, cloud, secrets, static_dir)
-    text = HEADER + yaml.safe_dump(document, sort_keys=False, width=1000)
+    text = HEADER + yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=1000)
     size = len(text.encode("utf-8"))
     if size > USER_DATA_LIMIT:
         raise ConfigError(
@@ -129,6 +129,18 @@ def render_user_data(stack: StackConfig, index: int, cloud: CloudIds, secrets: N
             "shorten the static parts in cloud-init/"
         )
     return text
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """A safe dumper that writes multi-line strings as literal blocks, so files read as files."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_text)
 
 
 def _load_base(static_dir: Path) -> Mapping[str, Any]:

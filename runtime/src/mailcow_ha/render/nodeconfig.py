@@ -17,7 +17,7 @@ from typing import Any
 
 from mailcow_ha.config import NodeConfig
 from mailcow_ha.render.galera import GaleraInputs
-from mailcow_ha.render.keepalived import DEFAULT_AGENT_PROCESS, KeepalivedInputs, priority_for_index
+from mailcow_ha.render.keepalived import KeepalivedInputs, priority_for_index
 from mailcow_ha.stack import StackConfig
 
 NODE_CONFIG_PATH = Path("/etc/mailcow-ha/node.yaml")
@@ -95,22 +95,24 @@ def node_config_document(stack: StackConfig, index: int, cloud: CloudIds, secret
     }
 
 
-def keepalived_inputs(
-    config: NodeConfig, peer_addresses: Sequence[str], *, track_agent: bool = True
-) -> KeepalivedInputs:
+def keepalived_inputs(config: NodeConfig, peer_addresses: Sequence[str]) -> KeepalivedInputs:
     """Return the keepalived inputs of this node with the given members' private addresses."""
+    settings = config.keepalived
     return KeepalivedInputs(
         router_id=config.node.name,
         interface=config.node.private_interface,
         unicast_src_ip=str(config.node.private_ip),
         peers=tuple(peer_addresses),
-        priority=config.keepalived.priority,
+        priority=settings.priority,
         notify_fifo=config.paths.keepalived_fifo,
         health_file=config.paths.health_file,
-        instance=config.keepalived.instance,
-        virtual_router_id=config.keepalived.virtual_router_id,
-        advert_int=config.keepalived.advert_int,
-        agent_process=DEFAULT_AGENT_PROCESS if track_agent else None,
+        instance=settings.instance,
+        virtual_router_id=settings.virtual_router_id,
+        advert_int=settings.advert_int,
+        script_user=settings.script_user,
+        script_group=settings.script_group,
+        agent_process=settings.agent_process,
+        agent_delay=settings.agent_restart_delay,
     )
 
 
@@ -123,4 +125,6 @@ def galera_inputs(config: NodeConfig, peer_addresses: Sequence[str]) -> GaleraIn
         peer_addresses=tuple(peer_addresses),
         data_dir=config.galera.data_dir,
         socket=config.galera.socket,
+        buffer_pool_size=config.galera.buffer_pool_size,
+        gcache_size=config.galera.gcache_size,
     )

@@ -1,0 +1,186 @@
+"""`mailcow-ha render`: write every node's user data and files offline, for review.
+
+Reads `Pulumi.<stack>.yaml`, validates it with the same rules as the Pulumi program, and writes
+for every node `OUT/<server name>/user-data.yaml` plus the files inside it, and the keepalived.conf
+and Galera config the node renders at first boot with the full member list. Values the cloud
+assigns (ids, floating IP addresses) and secrets, which are encrypted in the stack file, appear as
+placeholders that name what they stand for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from mailcow_ha.config import parse_config
+from mailcow_ha.errors import ConfigError, ExitCode
+from mailcow_ha.render.cloudinit import node_files, render_user_data
+from mailcow_ha.render.galera import render_galera_cnf
+from mailcow_ha.render.keepalived import priority_for_index, render_keepalived_conf
+from mailcow_ha.render.nodeconfig import (
+    GALERA_CONF_PATH,
+    CloudIds,
+    NodeSecrets,
+    galera_inputs,
+    keepalived_inputs,
+    node_config_document,
+)
+from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, Placeholder, StackConfig, parse_stack, resolve_runtime_ref
+
+log = logging.getLogger(__name__)
+
+STAND_IN_ID = 1
+"""A valid id used only to load a reviewed node config; keepalived and Galera do not read ids."""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        help="write every node's user data and config files for offline review",
+        description=(
+            "Read Pulumi.<stack>.yaml and write, for every node, OUT/<server name>/user-data.yaml and the files "
+            "it contains, plus the keepalived.conf and Galera config the node renders at first boot."
+        ),
+    )
+    parser.add_argument("--stack", required=True, help="stack name; reads Pulumi.<stack>.yaml")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument("--node-count", type=int, default=None, help="render this many nodes instead of nodeCount")
+    parser.add_argument(
+        "--project-dir",
+        type=Path,
+        default=Path.cwd(),
+        help="directory with Pulumi.yaml, the stack file and cloud-init/ (default: the current directory)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    project_dir: Path = args.project_dir
+    stack = load_stack(project_dir, args.stack, node_count=args.node_count)
+    stack, warning = resolve_runtime_ref(stack, project_dir, allow_dirty=True)
+    if warning:
+        log.warning("%s", warning)
+
+    written = render_stack(stack, project_dir / "cloud-init", args.out)
+    print(plan_summary(stack, args.out), file=sys.stdout)
+    log.info("wrote %d files under %s", written, args.out)
+    return ExitCode.OK
+
+
+def load_stack(project_dir: Path, stack_name: str, *, node_count: int | None = None) -> StackConfig:
+    """Read and validate `Pulumi.<stack>.yaml`; secrets become placeholders."""
+    path = project_dir / f"Pulumi.{stack_name}.yaml"
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            f"stack file {path} not found; pass --project-dir or create it with `pulumi stack init`"
+        ) from None
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"stack file {path} could not be read: {error}") from None
+    config = document.get("config") or {} if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"stack file {path} has no `config:` mapping")
+
+    values, secret_keys = stack_file_values(config)
+    if node_count is not None:
+        values["nodeCount"] = node_count
+    return parse_stack(values, secret_keys, stack=stack_name)
+
+
+def stack_file_values(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Return the project's values from a stack file's `config:`; encrypted or unset secrets become placeholders."""
+    prefix = f"{PROJECT}:"
+    values: dict[str, Any] = {}
+    secret_keys: set[str] = set()
+    for full_name, value in config.items():
+        if not str(full_name).startswith(prefix):
+            continue
+        key = str(full_name)[len(prefix) :]
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            values[key] = Placeholder(key)
+            secret_keys.add(key)
+        else:
+            values[key] = value
+    for key, spec in KEYS_BY_NAME.items():
+        if spec.secret and key not in values:
+            values[key] = Placeholder(key)
+            secret_keys.add(key)
+    return values, secret_keys
+
+
+def review_cloud_ids(stack: StackConfig, index: int) -> CloudIds:
+    """Return placeholders for what the cloud assigns to node `index`'s resources."""
+    kinds = ["ipv4", "ipv6"] if stack.floating_ipv6 else ["ipv4"]
+    return CloudIds(
+        floating_ip_ids=[f"<id-of-floating-ip-{stack.cluster_name}-{kind}>" for kind in kinds],
+        floating_ips=[f"<floating-{kind}-address>/{32 if kind == 'ipv4' else 64}" for kind in kinds],
+        shared_volume_id=f"<id-of-volume-{stack.cluster_name}-shared-data>",
+        db_volume_id=f"<id-of-volume-{stack.node_name(index)}-db>",
+    )
+
+
+def review_secrets(stack: StackConfig) -> NodeSecrets:
+    """Return placeholders for every secret, so that no secret reaches the review files."""
+    return NodeSecrets(
+        hcloud_token=str(Placeholder("hcloudToken")),
+        galera_password=str(Placeholder("galeraPassword")),
+        status_api_secret=str(Placeholder("statusApiSecret")),
+        alert_urls=[str(Placeholder("alertUrls"))] if stack.alert_urls else [],
+    )
+
+
+def render_stack(stack: StackConfig, static_dir: Path, out: Path) -> int:
+    """Write every node's review files under `out`; return how many files were written."""
+    members = [str(stack.private_ip(index)) for index in stack.node_indexes]
+    secrets = review_secrets(stack)
+    written = 0
+    for index in stack.node_indexes:
+        cloud = review_cloud_ids(stack, index)
+        node_dir = out / stack.node_name(index)
+        files: dict[str, str] = {"user-data.yaml": render_user_data(stack, index, cloud, secrets, static_dir)}
+        for item in node_files(stack, index, cloud, secrets, static_dir):
+            files[f"files{item.path}"] = item.content
+        config = _loadable_config(node_config_document(stack, index, cloud, secrets))
+        files["keepalived.conf"] = render_keepalived_conf(keepalived_inputs(config, members))
+        files[PurePosixPath(GALERA_CONF_PATH).name] = render_galera_cnf(galera_inputs(config, members))
+        for relative, text in files.items():
+            path = node_dir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written += 1
+    return written
+
+
+def plan_summary(stack: StackConfig, out: Path) -> str:
+    """Return what `pulumi up` would create for this stack, and where the review files are."""
+    floating = "IPv4 and IPv6" if stack.floating_ipv6 else "IPv4"
+    lines = [
+        f"Stack {stack.stack}: cluster {stack.cluster_name}, {stack.node_count} nodes in {stack.location} "
+        f"({stack.network_zone}), server type {stack.server_type}, image {stack.image}",
+        f"  network {stack.network_cidr}, subnet {stack.subnet_cidr}, spread placement group, public firewall",
+        f"  floating {floating} with reverse DNS {stack.mail_hostname}, assigned to node 1 at creation",
+        f"  shared data volume {stack.shared_volume_size} GB (attached to node 1 at creation), "
+        f"one {stack.db_volume_size} GB Galera volume per node",
+        f"  runtime {stack.runtime_repository} at {stack.runtime_ref}, mailcow-dockerized {stack.mailcow_ref}",
+        "  node                      private IP       VRRP priority",
+    ]
+    for index in stack.node_indexes:
+        priority = priority_for_index(index)
+        lines.append(f"  {stack.node_name(index):<25} {stack.private_ip(index)!s:<16} {priority}")
+    lines.append(f"Review files: {out}/<node>/ (user-data.yaml, keepalived.conf, the Galera config, files/...)")
+    return "\n".join(lines)
+
+
+def _loadable_config(document: dict[str, Any]) -> Any:
+    """Load a reviewed node config, with stand-ins for the cloud's ids that the schema requires."""
+    hetzner = dict(document["hetzner"])
+    hetzner["floating_ip_ids"] = [STAND_IN_ID for _ in hetzner["floating_ip_ids"]]
+    hetzner["floating_ips"] = ["192.0.2.1/32"]
+    hetzner["shared_volume_id"] = STAND_IN_ID
+    return parse_config({**document, "hetzner": hetzner}, source="reviewed node config")
