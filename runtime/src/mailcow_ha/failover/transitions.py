@@ -99,10 +99,12 @@ class CancelToken:
     """Cancellation of one running transition, checked at every step boundary.
 
     `check` raises Superseded once `cancel` was called. `wait` is an interruptible sleep for
-    polling loops. `enter_step` records the current step for the status API.
+    polling loops. `enter_step` records the current step for the status API. `trigger` says
+    what started the transition (such as "keepalived reported BACKUP"), for history records.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trigger: str = "") -> None:
+        self.trigger = trigger
         self._event = threading.Event()
         self._reason = ""
         self._step = "starting"
@@ -127,6 +129,10 @@ class CancelToken:
     def enter_step(self, step: str) -> None:
         """Check for cancellation, then record `step` as the current one."""
         self.check(f"before {step}")
+        self._step = step
+
+    def note_step(self, step: str) -> None:
+        """Record `step` as the current one without checking for cancellation (for demote)."""
         self._step = step
 
     def check(self, where: str = "") -> None:
@@ -307,7 +313,7 @@ class TransitionRunner:
                 state = self._pending
                 assert state is not None
                 self._pending = None
-                token = CancelToken()
+                token = CancelToken(f"keepalived reported {state}")
                 action = action_for(state)
                 started_at = self._clock()
                 self._running = (state, action, token, started_at)

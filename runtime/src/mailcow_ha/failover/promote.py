@@ -1,0 +1,278 @@
+"""Promote: make this node the master, moving the floating IPs and the shared volume here.
+
+Steps, in order (each timed into the history record):
+1. still master: the cancel token is checked before every step and every cloud call;
+2. circuit breaker (failover.breaker);
+3. record the failover start (the health check's grace period counts from it) and alert;
+4. in parallel threads: assign the floating IPs here, and move the shared volume here;
+5. wait for the volume's device, check it is ext4 (never format), mount it, and check the marker
+   file and the compose project's data (failover.storage);
+6. start the project's containers and wait until every critical one runs and is healthy;
+7. alert success with the measured durations.
+
+Any failure, including a newer keepalived state, releases what was taken (containers stopped,
+volume unmounted) through the demoter and raises, so the caller exits non-zero and keepalived
+moves the node to FAULT. The floating IPs and the volume stay assigned in the API: the next
+master moves them, and moving them back here would cost API calls for nothing. The whole promote
+is bounded by `deadlines.promote`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from mailcow_ha.alert_events import Alerter, AlertEvent
+from mailcow_ha.config import NodeConfig
+from mailcow_ha.deadline import Clock, Deadline
+from mailcow_ha.errors import CloudError, MailcowHaError, StateError, Superseded
+from mailcow_ha.failover.breaker import BreakerOpen, CircuitBreaker
+from mailcow_ha.failover.containers import ProjectContainers
+from mailcow_ha.failover.demote import Demoter
+from mailcow_ha.failover.history import (
+    FailoverRecord,
+    HistoryStore,
+    RecordKind,
+    RecordOutcome,
+    StepLog,
+    StepOutcome,
+    StepTiming,
+    write_failover_start,
+)
+from mailcow_ha.failover.storage import SharedVolume
+from mailcow_ha.failover.transitions import CancelToken, TransitionResult, classify_error
+
+log = logging.getLogger(__name__)
+
+Checkpoint = Callable[[], None]
+
+
+class CloudOperations(Protocol):
+    """The part of adapters.hetzner.HetznerCloud that promote uses."""
+
+    def assign_floating_ips(self, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None: ...
+
+    def move_volume_here(self, volume_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None: ...
+
+    def server_id_by_name(self, name: str, deadline: Deadline) -> int: ...
+
+
+class CloudStepAborted(CloudError):
+    """A cloud step stopped because the step running in parallel with it failed."""
+
+
+_RECORD_OUTCOME = {
+    TransitionResult.SUCCEEDED: RecordOutcome.SUCCEEDED,
+    TransitionResult.FAILED: RecordOutcome.FAILED,
+    TransitionResult.SUPERSEDED: RecordOutcome.SUPERSEDED,
+    TransitionResult.REFUSED: RecordOutcome.REFUSED,
+}
+
+
+class Promoter:
+    """Runs promote on this node with the adapters it is given (see failover.wiring)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        cloud: CloudOperations,
+        volume: SharedVolume,
+        containers: ProjectContainers,
+        demoter: Demoter,
+        breaker: CircuitBreaker,
+        history: HistoryStore,
+        alerter: Alerter,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._config = config
+        self._cloud = cloud
+        self._volume = volume
+        self._containers = containers
+        self._demoter = demoter
+        self._breaker = breaker
+        self._history = history
+        self._alerter = alerter
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._server_id = config.hetzner.server_id
+
+    def run(
+        self, token: CancelToken, *, kind: RecordKind = RecordKind.FAILOVER, ignore_breaker: bool = False
+    ) -> FailoverRecord:
+        """Promote this node and return the finished history record; raise on any failure after releasing."""
+        node = self._config.node.name
+        reason = token.trigger or "promote requested"
+        steps = StepLog(self._clock)
+        total = Deadline.after(
+            f"promote ({self._config.deadlines.promote:g} s)", self._config.deadlines.promote, self._clock
+        )
+        record: FailoverRecord | None = None
+        log.info("promote of %s starting (%s, %s)", node, kind, reason)
+        try:
+            token.enter_step("breaker")
+            self._close_interrupted()
+            with steps.step("breaker"):
+                self._check_breaker(kind, ignore_breaker, reason)
+
+            record = self._history.start(kind, node, reason)
+            write_failover_start(self._config.paths.state_dir, record.started_at, record.id)
+            self._alerter.send(AlertEvent.FAILOVER_STARTED, f"promote of {node} started: {reason}")
+
+            self._take_over(token, total, steps)
+        except Exception as error:
+            self._handle_failure(error, record, steps, kind, reason)
+            raise
+
+        assert record is not None
+        finished = self._history.finish(record, RecordOutcome.SUCCEEDED, steps.steps)
+        message = f"{node} is now the master; promote took {finished.duration or 0.0:.1f} s"
+        log.info("%s", message)
+        self._alerter.send(AlertEvent.FAILOVER_SUCCEEDED, message, steps.durations())
+        return finished
+
+    # --- the steps ------------------------------------------------------------------------------
+
+    def _take_over(self, token: CancelToken, total: Deadline, steps: StepLog) -> None:
+        deadlines = self._config.deadlines
+        with steps.step("server id", token.enter_step):
+            server_id = self._resolve_server_id(total.sooner("looking up this server's id", deadlines.cloud_step))
+
+        with steps.step("cloud", token.enter_step):
+            self._move_cloud_resources(server_id, token, total, steps)
+
+        with steps.step("device", token.enter_step):
+            device = self._volume.wait_for_device(total.sooner("the volume's device", deadlines.device), token.check)
+
+        with steps.step("file system check", token.enter_step):
+            self._volume.check_filesystem(device, total.sooner("probing the volume", deadlines.mount))
+
+        with steps.step("mount", token.enter_step):
+            self._volume.mount(device, total.sooner("mounting the volume", deadlines.mount))
+
+        with steps.step("marker", token.enter_step):
+            self._volume.check_contents()
+
+        containers_deadline = total.sooner("containers running and healthy", deadlines.containers_healthy)
+        with steps.step("containers start", token.enter_step):
+            self._containers.start(containers_deadline, token.check)
+
+        with steps.step("containers healthy", token.enter_step):
+            self._containers.wait_ready(containers_deadline, token.check, token.wait)
+
+    def _resolve_server_id(self, deadline: Deadline) -> int:
+        if self._server_id is None:
+            self._server_id = self._cloud.server_id_by_name(self._config.node.name, deadline)
+            log.info("this server %s has id %d", self._config.node.name, self._server_id)
+        return self._server_id
+
+    def _move_cloud_resources(self, server_id: int, token: CancelToken, total: Deadline, steps: StepLog) -> None:
+        """Assign the floating IPs and move the volume in two threads; the first failure stops the other."""
+        seconds = self._config.deadlines.cloud_step
+        volume_id = self._config.hetzner.shared_volume_id
+        failed = threading.Event()
+
+        def checkpoint() -> None:
+            token.check("before a cloud call")
+            if failed.is_set():
+                raise CloudStepAborted("stopped before its next cloud call because the parallel cloud step failed")
+
+        def timed(name: str, call: Callable[[], None]) -> None:
+            started = self._clock()
+            try:
+                call()
+            except Superseded:
+                steps.add(StepTiming(name, self._clock() - started, StepOutcome.SUPERSEDED))
+                raise
+            except BaseException:
+                failed.set()
+                steps.add(StepTiming(name, self._clock() - started, StepOutcome.FAILED))
+                raise
+            steps.add(StepTiming(name, self._clock() - started))
+
+        fip_deadline = total.sooner(f"assigning the floating IPs ({seconds:g} s)", seconds)
+        volume_deadline = total.sooner(f"moving volume {volume_id} ({seconds:g} s)", seconds)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="promote-cloud") as pool:
+            futures: list[Future[None]] = [
+                pool.submit(
+                    timed, "floating IPs", lambda: self._cloud.assign_floating_ips(server_id, fip_deadline, checkpoint)
+                ),
+                pool.submit(
+                    timed,
+                    "volume attach",
+                    lambda: self._cloud.move_volume_here(volume_id, server_id, volume_deadline, checkpoint),
+                ),
+            ]
+        errors = [error for error in (future.exception() for future in futures) if error is not None]
+        for error in errors:
+            if isinstance(error, Superseded):
+                raise error
+        causes = [error for error in errors if not isinstance(error, CloudStepAborted)]
+        if len(causes) == 1:
+            raise causes[0]
+        if causes:
+            raise CloudError("; ".join(str(error) for error in causes))
+
+    # --- breaker, history, failure --------------------------------------------------------------
+
+    def _close_interrupted(self) -> None:
+        try:
+            self._history.close_interrupted()
+        except StateError as error:
+            log.error("history could not be checked for interrupted transitions: %s", error)
+
+    def _check_breaker(self, kind: RecordKind, ignore_breaker: bool, reason: str) -> None:
+        if kind is not RecordKind.FAILOVER and ignore_breaker:
+            log.warning("circuit breaker not consulted: %s with --ignore-breaker", kind)
+            return
+        already_serving = self._volume.mounted_here() is not None
+        decision = self._breaker.check(already_serving=already_serving)
+        if not decision.allowed:
+            try:
+                record = self._history.start(kind, self._config.node.name, reason)
+                self._history.finish(record, RecordOutcome.REFUSED, (), failed_step="breaker", error=decision.reason)
+            except StateError as error:
+                log.error("rejected promote could not be recorded: %s", error)
+            raise BreakerOpen(decision.reason)
+
+    def _handle_failure(
+        self, error: Exception, record: FailoverRecord | None, steps: StepLog, kind: RecordKind, reason: str
+    ) -> None:
+        result, _ = classify_error(error)
+        node = self._config.node.name
+        if isinstance(error, MailcowHaError):
+            log.error("promote of %s %s: %s", node, result, error)
+        else:
+            log.error("promote of %s failed with an unexpected error", node, exc_info=error)
+        try:
+            self._demoter.run(reason=f"releasing after a {result} promote")
+        except MailcowHaError as release_error:
+            # The demoter already logged and alerted DEMOTE_FAILED; the promote's own error is raised.
+            log.error("release after the %s promote failed: %s", result, release_error)
+        if record is not None:
+            try:
+                self._history.finish(
+                    record,
+                    _RECORD_OUTCOME[result],
+                    steps.steps,
+                    failed_step=steps.failed_step,
+                    error=str(error) or type(error).__name__,
+                )
+            except StateError as state_error:
+                log.error("promote history record %s could not be finished: %s", record.id, state_error)
+        if isinstance(error, Superseded | BreakerOpen):
+            return
+        step = steps.failed_step or "start"
+        details = steps.durations()
+        details["failed step"] = step
+        self._alerter.send(
+            AlertEvent.FAILOVER_FAILED,
+            f"promote of {node} ({kind}, {reason}) failed at step {step}: {error}; the node released what it took "
+            "and reports FAULT so that another node can take over",
+            details,
+        )
