@@ -41,7 +41,8 @@ class Fault:
     rate_limit_reset_in: float | None = None
     """Answer 429 and keep answering it to every request until this many seconds have passed."""
     then: Callable[[], None] | None = field(default=None, repr=False, compare=False)
-    """Called (in process only) after the fault was applied to a request."""
+    """Called (in process only) once the response is built, before it is sent: a change made
+    here is invisible in that response but in place when the client makes its next request."""
     fault_id: int = 0
     hits: int = 0
     seen: int = 0
@@ -60,8 +61,8 @@ class Fault:
         effects = [self.is_error, self.action is not None, self.rate_limit_reset_in is not None]
         if sum(effects) > 1:
             raise ValueError("a fault injects one of: an error response, an action outcome, a rate limit")
-        if not any(effects) and self.hang == 0:
-            raise ValueError("a fault needs an effect: status/code, action, rate_limit_reset_in or hang")
+        if not any(effects) and self.hang == 0 and self.then is None:
+            raise ValueError("a fault needs an effect: status/code, action, rate_limit_reset_in, hang or then")
 
     @property
     def is_error(self) -> bool:

@@ -125,10 +125,13 @@ class RateLimit:
             self._blocked_until = 0.0
 
     def block(self, seconds: float) -> None:
-        """Answer every request with 429 for `seconds`, as an exhausted budget does."""
+        """Answer every request with 429 for `seconds`, with RateLimit-Reset at the block's end.
+
+        The budget itself is left as it was; `configure(limit, remaining=0)` empties it instead,
+        after which requests pass at the refill rate only.
+        """
         with self._lock:
             self._blocked_until = max(self._blocked_until, self._clock() + seconds)
-            self._tokens = 0.0
 
     def consume(self) -> RateLimitState:
         """Take one request from the budget and return the headers' values and whether it passes."""
@@ -138,7 +141,6 @@ class RateLimit:
             self._tokens = min(float(self._limit), self._tokens + (now - self._updated) * rate)
             self._updated = now
             if now < self._blocked_until:
-                self._tokens = 0.0
                 return RateLimitState(False, self._limit, 0, _ceil(self._blocked_until))
             allowed = self._tokens >= 1.0
             if allowed:

@@ -110,11 +110,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             budget = fake.rate_limit.consume()
         status, payload = self._respond(route, ids, query, body, fault=fault, budget=budget)
         fake.requests.record(method, route.template, status)
+        if fault is not None and fault.then is not None:
+            fault.then()
         if fault is not None and fault.hang and fault.hang_after and self.server.stopping.wait(fault.hang):
             return
         self._send(status, payload, budget)
-        if fault is not None and fault.then is not None:
-            fault.then()
 
     def _respond(
         self,
@@ -189,7 +189,9 @@ class FakeCloudServer:
             raise ValueError("the fake cloud needs a non-empty API token")
         self.fake = fake
         self._httpd = _HttpServer((host, port), fake, token)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fakecloud-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fakecloud-http", daemon=True
+        )
 
     @property
     def address(self) -> tuple[str, int]:

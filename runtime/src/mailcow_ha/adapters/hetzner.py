@@ -38,7 +38,8 @@ from mailcow_ha.adapters.hetzner_policy import (
     decide_retry,
     decide_volume_step,
     floating_ips_to_assign,
-    is_transient,
+    is_retryable,
+    rate_limit_wait,
 )
 from mailcow_ha.config import HetznerSettings
 from mailcow_ha.deadline import Clock, Deadline, Sleep
@@ -194,6 +195,7 @@ class HetznerCloud:
         """
         attempt = 0
         detaches = 0
+        rejections = 0
         while True:
             holder = self._volume_holder(volume_id, deadline)
             step, reason = decide_volume_step(volume_id, holder, server_id)
@@ -203,28 +205,23 @@ class HetznerCloud:
             try:
                 if step is VolumeStep.DETACH:
                     assert holder is not None
-                    detaches += 1
                     self._detach(volume_id, holder, detaches, deadline, checkpoint)
+                    detaches += 1
                 else:
-                    what = f"attach volume {volume_id} to server {server_id}"
-                    action = self._mutate(
-                        what,
-                        lambda client: client.volumes.attach(
-                            Volume(id=volume_id), Server(id=server_id), automount=False
-                        ),
-                        deadline,
-                        checkpoint,
-                    )
-                    self._wait_action(action, what, deadline)
+                    self._attach(volume_id, server_id, deadline, checkpoint)
             except _ApiFailure as failure:
-                if failure.code == VOLUME_ALREADY_ATTACHED:
-                    log.warning("%s; reading the volume again to detach it", failure)
+                if is_retryable(failure.code):
+                    self._back_off(failure, attempt, deadline)
+                    attempt += 1
                     continue
-                if step is VolumeStep.DETACH and not is_transient(failure.code):
-                    log.warning("%s; reading the volume again in case it was detached meanwhile", failure)
-                    continue
-                self._back_off(failure, attempt, deadline)
-                attempt += 1
+                rejections += 1
+                if failure.code != VOLUME_ALREADY_ATTACHED and step is not VolumeStep.DETACH:
+                    raise failure.to_cloud_error(f"error code {failure.code} is not retryable") from None
+                if rejections > MAX_DETACHES:
+                    raise failure.to_cloud_error(f"the API rejected the {step} {rejections} times") from None
+                # The volume changed between the read and the call: attached by another server,
+                # or detached meanwhile. The next round reads it again and decides anew.
+                log.warning("%s; reading the volume again", failure)
 
     def holders(self, deadline: Deadline) -> CloudHolders:
         """Read which server holds each configured floating IP and the shared volume."""
@@ -260,7 +257,8 @@ class HetznerCloud:
     # --- steps ---------------------------------------------------------------------------------
 
     def _detach(self, volume_id: int, holder: int, detaches: int, deadline: Deadline, checkpoint: Checkpoint) -> None:
-        if detaches > MAX_DETACHES:
+        """Detach the volume from `holder`, wait for the action, then until the API shows it free."""
+        if detaches >= MAX_DETACHES:
             raise CloudError(
                 f"volume {volume_id} was attached to another server (now {holder}) again after {MAX_DETACHES} "
                 "detaches; another node may be promoting at the same time; check keepalived on every node",
@@ -272,6 +270,13 @@ class HetznerCloud:
         while self._volume_holder(volume_id, deadline) == holder:
             log.info("volume %s still shows server %s after the detach; reading it again", volume_id, holder)
             self._pause(self._settings.poll_interval, deadline, f"volume {volume_id} to show no server")
+
+    def _attach(self, volume_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None:
+        def call(client: hcloud.Client) -> BoundAction:
+            return client.volumes.attach(Volume(id=volume_id), Server(id=server_id), automount=False)
+
+        what = f"attach volume {volume_id} to server {server_id}"
+        self._wait_action(self._mutate(what, call, deadline, checkpoint), what, deadline)
 
     def _assign(self, fip_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> BoundAction:
         def call(client: hcloud.Client) -> BoundAction:
@@ -375,14 +380,15 @@ class HetznerCloud:
         return result
 
     def _reset_in(self, headers: Mapping[str, str]) -> float | None:
+        """Return the seconds until a rate-limited request may pass, from the response's headers."""
         raw = headers.get("RateLimit-Reset")
-        if raw is None:
-            return None
-        try:
-            return float(raw) - self._wall_clock()
-        except ValueError:
-            log.warning("ignoring a RateLimit-Reset header that is not a number: %r", raw[:40])
-            return None
+        reset_in: float | None = None
+        if raw is not None:
+            try:
+                reset_in = float(raw) - self._wall_clock()
+            except ValueError:
+                log.warning("ignoring a RateLimit-Reset header that is not a number: %r", raw[:40])
+        return rate_limit_wait(headers.get("RateLimit-Limit"), reset_in)
 
 
 def _field(value: T | None, name: str) -> T:

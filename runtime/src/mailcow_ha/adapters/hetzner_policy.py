@@ -58,6 +58,29 @@ def is_transient(code: str) -> bool:
     return code.startswith("http_5")
 
 
+def is_retryable(code: str) -> bool:
+    """Return whether `decide_retry` may retry this code: a transient error or a rate limit."""
+    return code == RATE_LIMITED or is_transient(code)
+
+
+def rate_limit_wait(limit: str | None, reset_in: float | None) -> float | None:
+    """Return the seconds until a rate-limited request may pass, from the 429's headers.
+
+    RateLimit-Reset is when the budget is full again, which can be an hour away. The API refills
+    the budget evenly (one request a second at 3600 an hour, per the Hetzner Cloud API reference,
+    "Rate Limiting"), so the next request may pass after 3600/limit seconds or at the reset,
+    whichever comes first. None when neither header can be used.
+    """
+    slot: float | None = None
+    if limit is not None and limit.isdigit() and int(limit) > 0:
+        slot = 3600.0 / int(limit)
+    if reset_in is None:
+        return slot
+    if slot is None:
+        return max(0.0, reset_in)
+    return max(0.0, min(reset_in, slot))
+
+
 def backoff(attempt: int, policy: RetryPolicy) -> float:
     """Return the wait before retry number `attempt` (0-based): exponential, capped."""
     return float(min(policy.max_backoff, policy.initial_backoff * 2**attempt))
