@@ -1,0 +1,203 @@
+"""The stack config schema: defaults, every rule naming its key, secrets, and Pulumi.yaml in sync."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mailcow_ha.errors import ConfigError
+from mailcow_ha.stack import KEYS, KEYS_BY_NAME, Placeholder, parse_stack, resolve_runtime_ref
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+TOKEN = "hcloud-token-must-stay-secret"
+VALID: dict[str, Any] = {
+    "mailHostname": "mail.example.org",
+    "runtimeRepository": "https://git.example.org/ops/mailcow-ha.git",
+    "runtimeRef": "a" * 40,
+    "hcloudToken": TOKEN,
+}
+SECRETS = {"hcloudToken", "alertUrls", "galeraPassword", "statusApiSecret"}
+
+
+def parse(**overrides: Any) -> Any:
+    return parse_stack({**VALID, **overrides}, SECRETS, stack="prod")
+
+
+def test_defaults_fill_unset_keys() -> None:
+    stack = parse()
+
+    assert stack.cluster_name == "mailcow-prod"
+    assert stack.node_count == 3
+    assert stack.location == "fsn1"
+    assert stack.network_zone == "eu-central"
+    assert stack.subnet_cidr == ipaddress.IPv4Network("10.0.1.0/24")
+    assert stack.breaker_window == 3600
+    assert stack.advert_interval == 1
+    assert stack.floating_ipv6 is False
+    assert stack.galera_password is None
+    assert stack.node_name(2) == "mailcow-prod-2"
+    assert stack.private_ip(9) == ipaddress.IPv4Address("10.0.1.19")
+
+
+def test_pulumi_strings_are_converted() -> None:
+    stack = parse(nodeCount="5", floatingIpv6="true", sshAllowedCidrs='["198.51.100.0/24", "2001:db8::/48"]')
+
+    assert stack.node_count == 5
+    assert stack.floating_ipv6 is True
+    assert [str(cidr) for cidr in stack.ssh_allowed_cidrs] == ["198.51.100.0/24", "2001:db8::/48"]
+
+
+def test_alert_urls_split_and_hidden() -> None:
+    stack = parse(alertUrls="mailtos://a:secret-one@example.org, tgram://bot-secret/123")
+
+    assert len(stack.alert_urls) == 2
+    assert "secret-one" not in repr(stack)
+    assert TOKEN not in repr(stack)
+    assert TOKEN not in str(stack.hcloud_token)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("nodeCount", 4, "expected 3, 5, 7 or 9"),
+        ("nodeCount", 1, "expected 3, 5, 7 or 9"),
+        ("nodeCount", 11, "expected 3, 5, 7 or 9"),
+        ("nodeCount", "three", "expected an integer"),
+        ("location", "mars1", "expected a Hetzner location"),
+        ("serverType", "big server", "server type"),
+        ("image", "ubuntu-24.04", "Debian image"),
+        ("networkCidr", "10.0.0.0/33", "IPv4 network"),
+        ("networkCidr", "8.8.0.0/16", "private range"),
+        ("networkCidr", "172.16.0.0/12", "Docker's default bridge"),
+        ("subnetCidr", "10.1.0.0/24", "inside networkCidr"),
+        ("subnetCidr", "10.0.1.0/28", "at least 21 addresses"),
+        ("sshAllowedCidrs", ["198.51.100.0/33"], "expected a network"),
+        ("sshAllowedCidrs", "not json", "expected a list"),
+        ("adminSshKeys", ["not a key"], "OpenSSH public key"),
+        ("sharedVolumeSize", 5, "10..10240 GB"),
+        ("dbVolumeSize", 20000, "10..10240 GB"),
+        ("mailHostname", "localhost", "fully qualified host name"),
+        ("mailHostname", "mail_server.example.org", "fully qualified host name"),
+        ("mailHostname", "", "missing"),
+        ("floatingIpv6", "maybe", "expected true or false"),
+        ("breakerWindow", 10, "60..86400"),
+        ("advertInterval", 0, "1..10"),
+        ("advertInterval", 11, "1..10"),
+        ("virtualRouterId", 256, "1..255"),
+        ("privateInterface", "an-interface-name-too-long", "interface name"),
+        ("mailcowRef", "master", "a branch moves"),
+        ("runtimeRef", "v1.0", "full commit id"),
+        ("runtimeRepository", "ftp://example.org/x", "https://"),
+        ("clusterName", "Mail_Cluster", "lower-case"),
+        ("hcloudToken", "", "missing"),
+        ("alertUrls", "not-a-url", "URL number 1"),
+        ("galeraPassword", "short", "at least 16 characters"),
+        ("nodeCuont", 3, "unknown key"),
+    ],
+)
+def test_invalid_value_names_key(key: str, value: Any, rule: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(**{key: value})
+
+    message = str(raised.value)
+    assert f"mailcow-ha:{key}:" in message
+    assert rule in message
+
+
+def test_invalid_value_shown_unless_secret() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(location="mars1", galeraPassword="tiny secret!")
+
+    assert "'mars1'" in str(raised.value)
+    assert "tiny secret!" not in str(raised.value)
+    assert "<hidden>" in str(raised.value)
+
+
+def test_every_problem_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(nodeCount=2, location="x", dbVolumeSize=1)
+
+    assert "3 problem(s)" in str(raised.value)
+
+
+@pytest.mark.parametrize("key", ["hcloudToken", "alertUrls", "galeraPassword", "statusApiSecret"])
+def test_plain_secret_rejected(key: str) -> None:
+    values = {**VALID, key: "plain-value-of-sixteen-chars"}
+
+    with pytest.raises(ConfigError) as raised:
+        parse_stack(values, SECRETS - {key}, stack="prod")
+
+    assert f"mailcow-ha:{key}: given as plain text" in str(raised.value)
+    assert "plain-value-of-sixteen-chars" not in str(raised.value)
+
+
+def test_placeholders_accepted_for_secrets() -> None:
+    stack = parse(hcloudToken=Placeholder("hcloudToken"), alertUrls=Placeholder("alertUrls"))
+
+    assert stack.hcloud_token == Placeholder("hcloudToken")
+    assert str(stack.alert_urls[0]) == "<secret mailcow-ha:alertUrls>"
+
+
+def test_pulumi_yaml_declares_every_key() -> None:
+    document = yaml.safe_load((REPOSITORY / "Pulumi.yaml").read_text(encoding="utf-8"))
+    declared = document["config"]
+
+    assert document["name"] == "mailcow-ha"
+    assert set(declared) == set(KEYS_BY_NAME)
+    for spec in KEYS:
+        entry = declared[spec.name]
+        assert entry["type"] == spec.type, spec.name
+        assert entry["type"] in {"string", "integer", "boolean", "array"}, spec.name
+        assert entry["description"], spec.name
+        assert set(entry) <= {"type", "description", "default", "secret", "items"}, spec.name
+        if spec.required:
+            assert "default" not in entry, spec.name
+        elif not spec.secret:
+            assert entry["default"] == spec.default, spec.name
+        if spec.type == "array":
+            assert entry["items"] == {"type": "string"}, spec.name
+
+
+def test_prod_stack_file_is_valid() -> None:
+    from mailcow_ha.cli.render import load_stack
+
+    stack = load_stack(REPOSITORY, "prod")
+
+    assert stack.node_count == 3
+    assert stack.mail_hostname == "mail.example.org"
+    assert isinstance(stack.hcloud_token, Placeholder)
+    config = yaml.safe_load((REPOSITORY / "Pulumi.prod.yaml").read_text(encoding="utf-8"))["config"]
+    for key in SECRETS:
+        assert f"mailcow-ha:{key}" not in config
+
+
+def test_runtime_ref_resolved_from_git(tmp_path: Path) -> None:
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(["git", "-C", str(tmp_path), *arguments], capture_output=True, text=True, check=True)
+        return completed.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "file").write_text("one\n", encoding="utf-8")
+    git("add", "file")
+    git("-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "one")
+    stack = parse(runtimeRef="")
+
+    resolved, warning = resolve_runtime_ref(stack, tmp_path, allow_dirty=False)
+    assert resolved.runtime_ref == git("rev-parse", "HEAD")
+    assert warning is None
+
+    (tmp_path / "file").write_text("two\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="uncommitted changes"):
+        resolve_runtime_ref(stack, tmp_path, allow_dirty=False)
+    _, warning = resolve_runtime_ref(stack, tmp_path, allow_dirty=True)
+    assert warning is not None
+
+
+def test_runtime_ref_outside_git_fails(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="set runtimeRef explicitly"):
+        resolve_runtime_ref(parse(runtimeRef=""), tmp_path, allow_dirty=True)
