@@ -457,3 +457,20 @@ def test_events_and_callbacks(env, client):
     assert kinds == ["volume.detached", "volume.attached", "floating_ip.assigned"]
     assert seen[-2]["server"] == target
     assert seen[-2]["previous_server"] == cluster.server_ids[0]
+
+
+def test_callbacks_run_before_action_finishes(env, client):
+    cluster = env.cluster()
+    env.fake.set_action_latency("volume.detach", 0.1)
+    statuses: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["kind"] == "volume.detached":
+            statuses.append(client.actions.get_by_id(action.id).status)
+
+    env.fake.subscribe(on_event)
+    action = client.volumes.detach(Volume(id=cluster.volume_id))
+    action.wait_until_finished(max_retries=100)
+
+    assert statuses == ["running"]
+    assert action.status == "success"

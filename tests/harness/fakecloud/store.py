@@ -351,21 +351,28 @@ class FakeCloud:
         return queries.action_json(self, action_id)
 
     def _complete(self, action_id: int) -> None:
+        """End an action: apply its effect, run the event callbacks, then report it finished.
+
+        The callbacks run while the action still shows `running`, so whatever they do (the lab
+        plugs a device, moves a route) is done before a poll can see the action finished.
+        """
         events: list[tuple[str, dict[str, Any]]] = []
         with self.lock:
             action = self.actions[action_id]
-            if action.status != "running":
+            effect = self._effects.pop(action_id, None)
+            if action.status != "running" or effect is None:
                 return
-            effect = self._effects.pop(action_id)
             if action.outcome == "success":
                 events = effect()
+        for kind, ids in events:
+            self._changed(kind, **ids)
+        with self.lock:
+            if action.outcome == "success":
                 action.status = "success"
             else:
                 action.status = "error"
                 action.error = {"code": action.error_code, "message": action.error_message}
             action.finished = time.time()
-        for kind, ids in events:
-            self._changed(kind, **ids)
         self._changed("action.finished", action=action_id, command=action.command, status=action.status)
 
     def _run_scheduler(self) -> None:
