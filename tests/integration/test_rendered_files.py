@@ -92,7 +92,11 @@ def test_user_data_passes_schema(rendered: dict[int, Path], count: int) -> None:
     for node in node_dirs(rendered[count]):
         user_data = node / "user-data.yaml"
         completed = subprocess.run(
-            ["cloud-init", "schema", "--config-file", str(user_data)], capture_output=True, text=True, timeout=60
+            ["cloud-init", "schema", "--config-file", str(user_data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         document = yaml.safe_load(user_data.read_text(encoding="utf-8"))
 
@@ -137,7 +141,11 @@ def test_keepalived_conf_passes_check(rendered: dict[int, Path], count: int, nam
             f"mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && exec keepalived -t -l -f {conf}"
         )
         completed = subprocess.run(
-            ["ip", "netns", "exec", namespace, "sh", "-c", script], capture_output=True, text=True, timeout=60
+            ["ip", "netns", "exec", namespace, "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
         assert completed.returncode == 0, f"{node.name}: {completed.stdout}{completed.stderr}"
@@ -156,6 +164,7 @@ def test_keepalived_check_rejects_broken_conf(rendered: dict[int, Path], namespa
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
     assert completed.returncode != 0
@@ -167,7 +176,11 @@ def test_firewall_rules_load(rendered: dict[int, Path], namespace: str) -> None:
 
     for _ in range(2):  # loading twice proves the file replaces its own table
         completed = subprocess.run(
-            ["ip", "netns", "exec", namespace, "nft", "-f", str(rules)], capture_output=True, text=True, timeout=30
+            ["ip", "netns", "exec", namespace, "nft", "-f", str(rules)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert completed.returncode == 0, completed.stderr
     listing = subprocess.run(
@@ -205,6 +218,7 @@ def test_units_pass_systemd_verify(tmp_path: Path) -> None:
         text=True,
         timeout=120,
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
+        check=False,
     )
     ours = [
         line
@@ -218,7 +232,11 @@ def test_units_pass_systemd_verify(tmp_path: Path) -> None:
 
 def test_first_boot_script_syntax() -> None:
     completed = subprocess.run(
-        ["bash", "-n", str(REPOSITORY / "cloud-init/first-boot.sh")], capture_output=True, text=True, timeout=30
+        ["bash", "-n", str(REPOSITORY / "cloud-init/first-boot.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
     assert completed.returncode == 0, completed.stderr
@@ -239,6 +257,7 @@ def test_first_boot_stops_without_volume(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
 
     assert completed.returncode == 1
@@ -252,6 +271,7 @@ def test_first_boot_rejects_missing_option() -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
 
     assert completed.returncode == 1
