@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages lint typecheck unit test demo render clean
+.PHONY: setup system-packages lint typecheck unit test demo render lock clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: setup system-packages
 
 render: setup
 	$(BIN)/mailcow-ha render --stack prod --out out/render
+
+# Re-pin the runtime's dependencies with hashes for nodes (needs PyPI).
+lock: setup
+	scripts/lock-runtime
 
 clean:
 	rm -rf $(VENV) out test-artifacts .mypy_cache .ruff_cache .pytest_cache
