@@ -165,18 +165,14 @@ def _wait_gone(pid: int, start_time: int, seconds: float) -> bool:
 
 
 def _remove_loop(entry: Entry) -> None:
-    device = entry.name
-    backing = Path(f"/sys/block/{Path(device).name}/loop/backing_file")
-    try:
-        current = backing.read_text().strip()
-    except FileNotFoundError:
+    """Detach every loop device on the lab's image file `entry.name`, and nothing else."""
+    image = entry.name
+    if not Path(image).exists():
         return
-    expected = str(entry.details["backing_file"])
-    # The kernel appends " (deleted)" when the backing file was removed while attached.
-    if current not in (expected, f"{expected} (deleted)"):
-        log.info("loop device %s now backs %s, not this lab's %s; left alone", device, current, expected)
-        return
-    run(["losetup", "--detach", device], timeout=10.0)
+    listed = run(["losetup", "--associated", image, "--noheadings", "--output", "NAME"], timeout=10.0)
+    for device in listed.stdout.split():
+        # A device still mounted in a dying node is only marked to be freed on its last close.
+        run(["losetup", "--detach", device], timeout=10.0, check=False)
 
 
 def _remove_netns(entry: Entry) -> None:

@@ -62,7 +62,7 @@ class NodeMachine:
         with open(self.log_dir / "init.log", "ab") as log_file:
             subprocess.Popen(
                 [sys.executable, "-m", "lab.nodeinit", "--netns", self.netns, "--hostname", self.name,
-                 "--pid-file", str(self.pid_file)],
+                 "--pid-file", str(self.pid_file), "--etc-dir", str(self.node_dir / "etc")],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONPATH": str(_TESTS_DIR)}, start_new_session=True,
             )  # fmt: skip
@@ -81,6 +81,16 @@ class NodeMachine:
             time.sleep(0.02)
         log.info("node %s powered on (init pid %d)", self.name, pid)
 
+    def adopt(self) -> None:
+        """Find the init of a node that an earlier process powered on, from its pid file."""
+        try:
+            pid, start_time = (int(part) for part in self.pid_file.read_text().split())
+        except (FileNotFoundError, ValueError):
+            return
+        if process_alive(pid, start_time):
+            self._init = (pid, start_time)
+            self._pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
+
     def power_off(self) -> None:
         """Kill the node's init, which ends every process in the node and drops its mounts."""
         if self._init is None:
@@ -95,6 +105,11 @@ class NodeMachine:
             time.sleep(0.02)
         self._init = None
         log.info("node %s powered off", self.name)
+
+    @property
+    def pid_namespace(self) -> str | None:
+        """The `pid:[inode]` link of the node's PID namespace while it is powered on."""
+        return self._pid_namespace if self._init is not None else None
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """Return `argv` wrapped to run inside the node's namespaces."""

@@ -1,7 +1,7 @@
 """The lab's network: bridges, a router, a client and the cloud, each in a namespace of its own.
 
 ```
- client 198.51.100.2 ──┐                     ┌── node n: eth0 <public ip>/32 (+ floating IPs)
+ client 198.18.1.2  ──┐                     ┌── node n: eth0 <public ip>/32 (+ floating IPs)
                        router ── public bridge ┤
  cloud  198.18.0.2  ───┘ 172.31.1.1           └── node n: enp7s0 <private ip> ── private bridge ── ops
 ```
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 GATEWAY = "172.31.1.1"
 """The router's address on the public bridge; Hetzner Cloud uses this address as every server's gateway."""
-CLIENT_NETWORK = ipaddress.IPv4Network("198.51.100.0/24")
-CLIENT_ADDRESS = "198.51.100.2"
+CLIENT_NETWORK = ipaddress.IPv4Network("198.18.1.0/24")
+CLIENT_ADDRESS = "198.18.1.2"
 CLOUD_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 CLOUD_ADDRESS = "198.18.0.2"
 PUBLIC_INTERFACE = "eth0"

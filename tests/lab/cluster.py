@@ -1,0 +1,376 @@
+"""The lab as a whole: bring a cluster up from nothing, find it again, take it down.
+
+A lab lives in one directory (`$MAILCOW_HA_LAB_ROOT/<lab id>`, default /var/tmp/mailcow-ha-lab)
+with its manifest, its description (lab.json), the fake cloud's state, volume images, and
+every node's files and logs. Every namespace, and so every interface and address, is private
+to the lab; names start with the lab id, so labs of concurrent test runs never meet.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import cloudhost
+from lab.cloudapi import CloudControl
+from lab.engine import build_image_tar
+from lab.labnode import RUNTIME_BIN, LabNode
+from lab.manifest import Manifest, remove_all
+from lab.node import NodeMachine
+from lab.nodeconfig import CLUSTER_NAME, LabNodePaths, LabSecrets, lab_node_config, lab_stack
+from lab.observe import (
+    AGENT_COMM,
+    LabView,
+    NodeView,
+    floating_ip_routes,
+    mounts_of_image,
+    now,
+    running_containers,
+    scan_processes,
+)
+from lab.provision import CloudLayout, provision_directly, read_layout
+from lab.shell import LabError
+from lab.topology import CLOUD_ADDRESS, LabNetwork, NodeNetwork
+from mailcow_ha.render.nodeconfig import CloudIds
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "MAILCOW_HA_LAB_ROOT"
+DEFAULT_ROOT = Path("/var/tmp/mailcow-ha-lab")
+DESCRIPTION_FILE = "lab.json"
+CLOUD_PORT = 80
+_TESTS_DIR = Path(__file__).resolve().parent.parent
+
+
+def lab_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV, str(DEFAULT_ROOT)))
+
+
+@dataclass
+class LabOptions:
+    """What kind of lab `up` builds."""
+
+    nodes: int = 3
+    action_latency: float = 0.0
+    """Seconds every cloud action (attach, detach, assign) runs in the fake."""
+    config_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Node config keys to change on every node, by section (for example breaker.window)."""
+
+
+class Lab:
+    """One lab cluster and everything it created."""
+
+    def __init__(self, lab_dir: Path, lab_id: str, options: LabOptions, lab_secrets: LabSecrets) -> None:
+        self.lab_dir = lab_dir
+        self.lab_id = lab_id
+        self.options = options
+        self.secrets = lab_secrets
+        self.manifest = Manifest(lab_dir)
+        self.network = LabNetwork(lab_id, self.manifest, "10.0.1.0/24")
+        self.stack = lab_stack(options.nodes, lab_secrets)
+        self.nodes: dict[int, LabNode] = {}
+        self.layout: CloudLayout | None = None
+        self.timings: dict[str, float] = {}
+        self._control: CloudControl | None = None
+
+    # --- finding labs ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, options: LabOptions, root: Path | None = None) -> Lab:
+        """Make a new, empty lab directory with a fresh id."""
+        lab_id = "mhl" + secrets.token_hex(3)
+        lab_dir = (root or lab_root()) / lab_id
+        # Traversable (not listable) by others: mariadbd runs as mysql and reads its node directory.
+        lab_dir.mkdir(parents=True, mode=0o711)
+        lab_secrets = LabSecrets(secrets.token_hex(16), secrets.token_hex(12), secrets.token_hex(16))
+        lab = cls(lab_dir, lab_id, options, lab_secrets)
+        lab.manifest.record("directory", str(lab_dir))
+        lab.save()
+        return lab
+
+    @classmethod
+    def open(cls, lab_dir: Path) -> Lab:
+        """Find a lab that an earlier process brought up, from its lab.json."""
+        try:
+            description = json.loads((lab_dir / DESCRIPTION_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LabError(f"no lab in {lab_dir} ({DESCRIPTION_FILE} not found)") from None
+        options = LabOptions(
+            nodes=description["nodes"],
+            action_latency=description["action_latency"],
+            config_overrides=description.get("config_overrides", {}),
+        )
+        lab = cls(lab_dir, description["lab_id"], options, LabSecrets(**description["secrets"]))
+        if description.get("cloud_ready"):
+            lab.layout = read_layout(lab.control, CLUSTER_NAME)
+            for server in lab.layout.servers:
+                lab.nodes[server.index] = lab._make_node(server, lab.layout)
+                lab.nodes[server.index].machine.adopt()
+        return lab
+
+    def save(self, **extra: Any) -> None:
+        """Write lab.json (mode 0600: it contains the lab's random secrets)."""
+        path = self.lab_dir / DESCRIPTION_FILE
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            previous = {}
+        description = {
+            **previous,
+            "lab_id": self.lab_id,
+            "nodes": self.options.nodes,
+            "action_latency": self.options.action_latency,
+            "config_overrides": self.options.config_overrides,
+            "secrets": {
+                "hcloud_token": self.secrets.hcloud_token,
+                "galera_password": self.secrets.galera_password,
+                "status_api_secret": self.secrets.status_api_secret,
+            },
+            **extra,
+        }
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(description, indent=2), encoding="utf-8")
+        partial.chmod(0o600)
+        partial.replace(path)
+
+    # --- the cloud ---------------------------------------------------------------------------
+
+    @property
+    def control(self) -> CloudControl:
+        if self._control is None:
+            self._control = CloudControl(self.network.cloud_ns, CLOUD_ADDRESS, CLOUD_PORT, self.secrets.hcloud_token)
+        return self._control
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{CLOUD_ADDRESS}:{CLOUD_PORT}/v1"
+
+    def start_cloud(self, timeout: float = 20.0) -> None:
+        """Start the fake cloud API with its hooks in the cloud namespace."""
+        cloud_dir = self.lab_dir / cloudhost.CLOUD_DIR
+        cloud_dir.mkdir(mode=0o700, exist_ok=True)
+        token_file = cloud_dir / cloudhost.TOKEN_FILE
+        token_file.write_text(self.secrets.hcloud_token + "\n", encoding="utf-8")
+        token_file.chmod(0o600)
+        argv = [
+            "ip", "netns", "exec", self.network.cloud_ns,
+            sys.executable, "-m", "lab.cloudhost",
+            "--lab-dir", str(self.lab_dir),
+            "--listen", f"{CLOUD_ADDRESS}:{CLOUD_PORT}",
+            "--router-ns", self.network.router_ns,
+            "--action-latency", str(self.options.action_latency),
+        ]  # fmt: skip
+        with open(cloud_dir / "cloud.log", "ab") as log_file:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": f"{_TESTS_DIR}:{_TESTS_DIR.parent / 'infra'}"},
+                start_new_session=True,
+            )
+        self.manifest.record_process("process", "cloud", process.pid)
+        ready = cloud_dir / cloudhost.READY_FILE
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the fake cloud did not start; see {cloud_dir / 'cloud.log'}")
+            time.sleep(0.05)
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    def node_dir(self, name: str) -> Path:
+        return self.lab_dir / "nodes" / name
+
+    def _make_node(self, server: Any, layout: CloudLayout) -> LabNode:
+        peers = [{"name": other.name, "index": other.index, "private_ip": other.private_ip} for other in layout.servers]
+        paths = LabNodePaths(self.node_dir(server.name))
+        document = lab_node_config(
+            self.stack,
+            server.index,
+            CloudIds(layout.floating_ip_ids, layout.floating_ips, layout.shared_volume_id, server.db_volume_id),
+            self.secrets,
+            paths=paths,
+            endpoint=self.endpoint,
+            server_id=server.id,
+            peers=peers,
+            overrides=self.options.config_overrides,
+        )
+        machine = NodeMachine(
+            server.name, server.index, self.network.node_ns(server.index), paths.node_dir, self.manifest
+        )
+        return LabNode(server, machine, document)
+
+    def node(self, index: int) -> LabNode:
+        try:
+            return self.nodes[index]
+        except KeyError:
+            raise LabError(f"lab {self.lab_id} has no node {index}; it has {sorted(self.nodes)}") from None
+
+    def node_by_name(self, name: str) -> LabNode:
+        for node in self.nodes.values():
+            if node.name == name:
+                return node
+        raise LabError(f"lab {self.lab_id} has no node named {name}")
+
+    # --- up and down -------------------------------------------------------------------------
+
+    def _phase(self, name: str, started: float) -> None:
+        self.timings[name] = round(time.monotonic() - started, 2)
+        log.info("lab %s: %s took %.2f s", self.lab_id, name, self.timings[name])
+
+    def up(self) -> None:
+        """Build the whole cluster; on failure, leave everything for `down` (and the logs)."""
+        started = time.monotonic()
+        self.network.create_core()
+        self.start_cloud()
+        self._phase("network and cloud", started)
+
+        started = time.monotonic()
+        provision_directly(self.control, self.stack, self.stack.node_indexes)
+        self.layout = read_layout(self.control, CLUSTER_NAME)
+        self.save(cloud_ready=True)
+        self._phase("cloud resources", started)
+
+        started = time.monotonic()
+        image_tar = build_image_tar(self.lab_dir / "mailcow-lab-image.tar")
+        for server in self.layout.servers:
+            self.network.add_node(NodeNetwork(server.name, server.index, server.public_ip, server.private_ip))
+            self.nodes[server.index] = self._make_node(server, self.layout)
+        self._parallel(
+            "boot", lambda node: node.boot(image_tar, self.layout.floating_ips, self.network.add_floating_ip_address)
+        )
+        self._phase("node boot", started)
+
+        started = time.monotonic()
+        self.form_galera()
+        self._phase("galera", started)
+
+    def form_galera(self) -> None:
+        """First boot of Galera: node 1 bootstraps a new cluster, the others join it at once."""
+        first = self.nodes[min(self.nodes)]
+        first.database.start(bootstrap=True)
+        first.database.wait_synced(60.0)
+        self._create_database_users(first)
+        others = [node for index, node in self.nodes.items() if node is not first]
+        self._parallel("galera join", lambda node: node.database.start(), others)
+        for node in others:
+            node.database.wait_synced(120.0)
+
+    def _create_database_users(self, node: LabNode) -> None:
+        password = self.secrets.galera_password.replace("'", "''")
+        user = node.config.galera.user
+        node.database.execute(
+            f"CREATE USER IF NOT EXISTS '{user}'@'localhost' IDENTIFIED BY '{password}'",
+            f"GRANT PROCESS, REPLICATION CLIENT, SELECT ON *.* TO '{user}'@'localhost'",
+            f"CREATE USER IF NOT EXISTS 'lab'@'%' IDENTIFIED BY '{password}'",
+            "CREATE DATABASE IF NOT EXISTS lab",
+            "GRANT ALL ON lab.* TO 'lab'@'%'",
+        )
+
+    def _parallel(self, what: str, action: Any, nodes: list[LabNode] | None = None) -> None:
+        chosen = list(self.nodes.values()) if nodes is None else nodes
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
+            futures = {pool.submit(action, node): node for node in chosen}
+            errors = []
+            for future, node in futures.items():
+                try:
+                    future.result()
+                except (LabError, OSError) as error:
+                    errors.append(f"{node.name}: {error}")
+        if errors:
+            raise LabError(f"{what} failed on {len(errors)} node(s): " + "; ".join(errors))
+
+    def down(self) -> list[str]:
+        """Remove everything the manifest lists; return the problems met."""
+        if self._control is not None:
+            self._control.close()
+        return remove_all(self.manifest)
+
+    @staticmethod
+    def remove(lab_dir: Path) -> list[str]:
+        """Remove a lab by its manifest alone, which works even when lab.json is gone or corrupt."""
+        return remove_all(Manifest(lab_dir))
+
+    # --- looking at it -----------------------------------------------------------------------
+
+    def shared_image(self) -> str:
+        if self.layout is None:
+            raise LabError(f"lab {self.lab_id} has no cloud resources yet")
+        return str(self.lab_dir / "volumes" / f"volume-{self.layout.shared_volume_id}.img")
+
+    def floating_addresses(self) -> list[str]:
+        if self.layout is None:
+            return []
+        return [address.split("/")[0] for address in self.layout.floating_ips if ":" not in address]
+
+    def view(self) -> LabView:
+        """Return the lab's state now (see lab.observe); cheap enough for 10 samples a second."""
+        wall, monotonic = now()
+        namespaces = {node.index: node.machine.pid_namespace for node in self.nodes.values()}
+        processes = scan_processes(namespace for namespace in namespaces.values() if namespace)
+        image = self.shared_image()
+        cache: dict[str, str | None] = {}
+        views = []
+        for index, node in sorted(self.nodes.items()):
+            namespace = namespaces[index]
+            if namespace is None:
+                views.append(NodeView(node.name, index, powered=False))
+                continue
+            own = processes.get(namespace, [])
+            comms = {process.comm for process in own if process.state != "Z"}
+            try:
+                health: str | None = node.machine.path(node.config.paths.health_file).read_text().strip()
+            except (OSError, LabError):
+                health = None
+            views.append(
+                NodeView(
+                    node.name,
+                    index,
+                    powered=True,
+                    shared_mounts=tuple(mounts_of_image(node.machine.mountinfo(), image, cache)),
+                    containers=tuple(running_containers(own)),
+                    keepalived="keepalived" in comms,
+                    agent=AGENT_COMM in comms,
+                    health=health,
+                )
+            )
+        routes = floating_ip_routes(self.network.router_ns, self.floating_addresses())
+        return LabView(wall, monotonic, tuple(views), routes)
+
+    def status(self) -> dict[str, Any]:
+        """Return a status report: one line per node and per floating IP, and the raw view."""
+        view = self.view()
+        by_public_ip = {node.server.public_ip: node.name for node in self.nodes.values()}
+        lines = []
+        for node_view in view.nodes:
+            node = self.nodes[node_view.index]
+            database = node.database.try_status()
+            galera = (
+                "down"
+                if database is None
+                else f"{database.cluster_status}/{database.local_state}/{database.cluster_size}"
+            )
+            lines.append(
+                f"  {node_view.name:<16} {'on' if node_view.powered else 'OFF':<3} "
+                f"health={node_view.health or '-':<3} keepalived={'yes' if node_view.keepalived else 'no':<3} "
+                f"agent={'yes' if node_view.agent else 'no':<3} galera={galera:<20} "
+                f"mounted={','.join(node_view.shared_mounts) or '-'} containers={len(node_view.containers)}"
+            )
+        for address, next_hop in view.floating_ip_routes.items():
+            target = by_public_ip.get(next_hop or "", "nowhere")
+            lines.append(f"  floating IP {address} -> {next_hop or 'unreachable'} ({target})")
+        return {"lines": lines, "view": view}
+
+    def runtime_command(self, node: LabNode, *args: str) -> list[str]:
+        """Return the argv of a `mailcow-ha` command run with the node's config."""
+        return ["env", f"MAILCOW_HA_CONFIG={node.paths.config_file}", str(RUNTIME_BIN / "mailcow-ha"), *args]

@@ -1,0 +1,145 @@
+"""Hetzner volumes as loop devices whose attachment follows the fake cloud API.
+
+Each volume is a sparse image file. Attaching it to a server gives that node a loop device of
+its own on the image and a `scsi-0HC_Volume_<id>` link to it in the node's device directory,
+as udev makes on a real server. Two loop devices on one image behave like two servers that see
+one disk, so the storage fence is the API's one-server-at-a-time rule, as in production.
+
+Detaching removes the link and hot-unplugs the node's loop device: its size is cut to one
+sector, so every later read or write from that node fails with an I/O error (a mounted ext4
+aborts its journal and turns read-only), as when the hypervisor takes a disk away. This kernel
+has no device-mapper, which would otherwise be the natural way to switch a device to errors.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.manifest import Manifest
+from lab.shell import LabError, run
+
+log = logging.getLogger(__name__)
+
+_LOOP_SET_STATUS64 = 0x4C04
+_LOOP_GET_STATUS64 = 0x4C05
+_LOOP_INFO64_SIZE = 232
+_SIZELIMIT_OFFSET = 32
+"""Offset of `lo_sizelimit` in `struct loop_info64` (after lo_device, lo_inode, lo_rdevice, lo_offset)."""
+_UNPLUGGED_SIZE = 512
+"""Bytes left visible on an unplugged loop device: the first sector, so any file system I/O fails."""
+
+
+def device_link_name(volume_id: int) -> str:
+    """Return the name under /dev/disk/by-id that Hetzner gives a volume's device."""
+    return f"scsi-0HC_Volume_{volume_id}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A volume's loop device on one node."""
+
+    volume_id: int
+    node: str
+    device: str
+
+
+class VolumeStore:
+    """The lab's volume images and their loop devices, keyed by volume id and node name."""
+
+    def __init__(self, lab_dir: Path, manifest: Manifest) -> None:
+        self.image_dir = lab_dir / "volumes"
+        self.nodes_dir = lab_dir / "nodes"
+        self.manifest = manifest
+        self._lock = threading.Lock()
+        self._attached: dict[int, Attachment] = {}
+
+    def image(self, volume_id: int) -> Path:
+        return self.image_dir / f"volume-{volume_id}.img"
+
+    def device_dir(self, node: str) -> Path:
+        """Return the node's device directory, its `paths.device_dir` in the node config."""
+        return self.nodes_dir / node / "dev" / "disk" / "by-id"
+
+    def create(self, volume_id: int, size_gb: int, filesystem: str | None) -> None:
+        """Create a volume's sparse image, formatted as the API's `format` field asks."""
+        image = self.image(volume_id)
+        if image.exists():
+            return
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        partial = image.with_suffix(".partial")
+        with open(partial, "wb") as stream:
+            stream.truncate(size_gb * 1024**3)
+        if filesystem is not None:
+            if filesystem not in ("ext4", "xfs"):
+                raise LabError(f"volume {volume_id} asks for file system {filesystem!r}; the lab formats ext4 or xfs")
+            options = ["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"] if filesystem == "ext4" else ["-q"]
+            run([f"mkfs.{filesystem}", *options, str(partial)], timeout=60.0)
+        partial.replace(image)
+        log.info("volume %d: created %d GB image %s (%s)", volume_id, size_gb, image, filesystem or "unformatted")
+
+    def attach(self, volume_id: int, node: str) -> Attachment:
+        """Give `node` a loop device on the volume and link it into the node's device directory."""
+        with self._lock:
+            current = self._attached.get(volume_id)
+            if current is not None:
+                if current.node == node:
+                    return current
+                raise LabError(f"volume {volume_id} is still attached to {current.node}; detach it first")
+            image = self.image(volume_id)
+            if not image.exists():
+                raise LabError(f"volume {volume_id} has no image {image}; it was not created through the fake cloud")
+            self.manifest.record("loop", str(image), backing_file=str(image))
+            device = run(["losetup", "--find", "--show", str(image)], timeout=10.0).stdout.strip()
+            link_dir = self.device_dir(node)
+            link_dir.mkdir(parents=True, exist_ok=True)
+            temporary = link_dir / f".{device_link_name(volume_id)}.new"
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(device)
+            temporary.replace(link_dir / device_link_name(volume_id))
+            attachment = Attachment(volume_id, node, device)
+            self._attached[volume_id] = attachment
+        log.info("volume %d: attached to %s as %s", volume_id, node, device)
+        return attachment
+
+    def detach(self, volume_id: int) -> Attachment | None:
+        """Unplug the volume from the node that has it: the link goes and its I/O fails from now on."""
+        with self._lock:
+            attachment = self._attached.pop(volume_id, None)
+            if attachment is None:
+                return None
+            (self.device_dir(attachment.node) / device_link_name(volume_id)).unlink(missing_ok=True)
+            unplug_loop_device(attachment.device)
+            # With the device still mounted the kernel only marks it to be freed on last close.
+            run(["losetup", "--detach", attachment.device], timeout=10.0, check=False)
+        log.info("volume %d: detached from %s (%s unplugged)", volume_id, attachment.node, attachment.device)
+        return attachment
+
+    def attachments(self) -> list[Attachment]:
+        with self._lock:
+            return list(self._attached.values())
+
+    def device_of(self, volume_id: int) -> str | None:
+        """Return the loop device of the volume's current attachment, or None."""
+        with self._lock:
+            attachment = self._attached.get(volume_id)
+            return None if attachment is None else attachment.device
+
+
+def unplug_loop_device(device: str) -> None:
+    """Shrink a loop device to one sector, so that every I/O beyond it fails from now on."""
+    descriptor = os.open(device, os.O_RDONLY)
+    try:
+        info = bytearray(_LOOP_INFO64_SIZE)
+        fcntl.ioctl(descriptor, _LOOP_GET_STATUS64, info)
+        struct.pack_into("Q", info, _SIZELIMIT_OFFSET, _UNPLUGGED_SIZE)
+        fcntl.ioctl(descriptor, _LOOP_SET_STATUS64, bytes(info))
+    except OSError as error:
+        raise LabError(f"unplugging loop device {device} failed: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
