@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+import time
 import traceback
 import zlib
 from pathlib import Path
@@ -113,9 +114,11 @@ def main() -> None:
     result: dict[str, Any] = {}
 
     def program() -> Any:
+        started = time.perf_counter()
         runpy.run_path(str(PROGRAM), run_name="__main__")
         outputs = pulumi.runtime.get_root_resource().outputs  # type: ignore[union-attr]
         result["outputs"] = _sync_await(_resolve(dict(outputs)))
+        result["evaluation_seconds"] = time.perf_counter() - started
         return None
 
     try:
