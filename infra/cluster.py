@@ -1,8 +1,8 @@
 """The cluster as one Pulumi ComponentResource: network, firewall, servers, volumes, floating IPs.
 
 Ordering follows from what user data may contain. The floating IPs and every volume are created
-unattached before the servers, so that their ids can go into user data; attachments and the
-floating IP assignment are separate resources created afterwards. Once created, the runtime owns
+unattached before the servers, so that their ids can go into user data. Attachments and the
+floating IP assignments are separate resources created afterwards. Once created, the runtime owns
 which server holds the shared volume and the floating IPs, so those two resources ignore changes
 of their server. User data, image and SSH keys are ignored on servers too, because a change to
 any of them would make the provider replace a running node.
@@ -117,7 +117,7 @@ class Cluster(pulumi.ComponentResource):
             format="ext4",
             automount=False,
             labels={**self._labels, "role": "shared-data"},
-            # The shared volume holds every mailbox: deleting it must take an explicit unprotect.
+            # The shared volume contains every mailbox, so deleting it takes an explicit unprotect.
             opts=self._child(protect=True),
         )
 
@@ -130,6 +130,9 @@ class Cluster(pulumi.ComponentResource):
         self.nodes = [self._node(index, floating_ips, secrets, args.static_dir) for index in stack.node_indexes]
         first = self.nodes[0].server
 
+        # NOTE: if `pulumi refresh` runs while a failover has the volume detached or a floating IP
+        # unassigned, the provider drops that resource from the state and the next `pulumi up`
+        # attaches or assigns it to node 1 again. Refresh only while the cluster is settled.
         hcloud.VolumeAttachment(
             f"{name}-shared-data-attachment",
             volume_id=self.shared_volume.id.apply(int),

@@ -167,6 +167,8 @@ KEYS: tuple[KeySpec, ...] = (
         "VRRP virtual router id (1..255), unique among clusters sharing the private network.",
         51,
     ),
+    # NOTE: eth0 is the public interface Hetzner's floating IP guide names; enp7s0 for the private
+    # network is what Debian 12 servers are reported to use and was not checked on every server type.
     KeySpec("privateInterface", "string", "Name of the private network interface on the nodes.", "enp7s0"),
     KeySpec(
         "publicInterface", "string", "Name of the public interface, where the floating IPs are configured.", "eth0"

@@ -1,9 +1,9 @@
 """Render the host firewall (nftables) that complements Hetzner's cloud firewall.
 
-The cloud firewall filters the public interfaces only; traffic on the private network reaches
+The cloud firewall filters the public interfaces only, so traffic on the private network reaches
 every port. These rules limit VRRP (IP protocol 112), Galera (3306, 4444, 4567, 4568) and the
-status API to sources inside the private subnet, and stop forwarded traffic (containers) from
-reaching the metadata address, because the user data there contains the API token.
+status API to sources inside the private subnet. They also stop forwarded traffic (containers)
+from reaching the metadata address, because the user data served there contains the API token.
 
 The rules live in their own table, replaced atomically by one `nft -f` run, so they never touch
 the tables of Docker or of the distribution's nftables.conf.

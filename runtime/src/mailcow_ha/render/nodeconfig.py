@@ -3,7 +3,7 @@
 The node config written by cloud-init carries only what is fixed when the server is created:
 no peer list and no server id, so that scaling out never changes an existing node's user data.
 `keepalived_inputs` and `galera_inputs` turn a node config plus the members known at a peer sync
-into renderer inputs; `mailcow-ha peers sync` on the node and `mailcow-ha render` offline both
+into renderer inputs. `mailcow-ha peers sync` on the node and `mailcow-ha render` offline both
 use them, so the reviewed files are the ones a node writes.
 """
 
