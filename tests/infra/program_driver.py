@@ -1,6 +1,6 @@
 """Run the Pulumi program once under Pulumi's mocks and print what it declared, as JSON.
 
-Usage: python program_driver.py CONFIG_JSON. The argument holds {"stack", "config",
+Usage: python program_driver.py CONFIG_JSON. The argument contains {"stack", "config",
 "secret_keys"}. Each run needs its own process, because the program registers into one
 root stack per process. The output lists every resource (type, name, parent, inputs,
 ignoreChanges, protect, dependencies), the stack outputs with their secret flags, or the error.
