@@ -26,7 +26,7 @@ from lab.engine import build_image_tar
 from lab.labnode import RUNTIME_BIN, LabNode
 from lab.manifest import Manifest, remove_all
 from lab.node import NodeMachine
-from lab.nodeconfig import CLUSTER_NAME, LabNodePaths, LabSecrets, lab_node_config, lab_stack
+from lab.nodeconfig import CLUSTER_NAME, STACK_NAME, LabNodePaths, LabSecrets, lab_node_config, lab_stack, stack_values
 from lab.observe import (
     AGENT_COMM,
     LabView,
@@ -37,10 +37,9 @@ from lab.observe import (
     running_containers,
     scan_processes,
 )
-from lab.provision import CloudLayout, provision_directly, read_layout
+from lab.provision import CloudLayout, node_documents, read_layout, run_program
 from lab.shell import LabError
 from lab.topology import CLOUD_ADDRESS, LabNetwork, NodeNetwork
-from mailcow_ha.render.nodeconfig import CloudIds
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +185,39 @@ class Lab:
                 raise LabError(f"the fake cloud did not start; see {cloud_dir / 'cloud.log'}")
             time.sleep(0.05)
 
+    def provision(self) -> None:
+        """Run the Pulumi program for `options.nodes` nodes and keep each node's rendered config."""
+        cloud_dir = self.lab_dir / cloudhost.CLOUD_DIR
+        result = run_program(
+            stack_name=STACK_NAME,
+            stack_values=stack_values(self.options.nodes, self.secrets),
+            subnet=str(self.stack.subnet_cidr),
+            namespace=self.network.cloud_ns,
+            host=CLOUD_ADDRESS,
+            port=CLOUD_PORT,
+            token_file=cloud_dir / cloudhost.TOKEN_FILE,
+            log_file=cloud_dir / "pulumi.log",
+        )
+        rendered = self._rendered_path()
+        previous = self.rendered_documents()
+        partial = rendered.with_suffix(".tmp")
+        partial.write_text(json.dumps({**previous, **node_documents(result)}), encoding="utf-8")
+        partial.chmod(0o600)
+        partial.replace(rendered)
+        self.layout = read_layout(self.control, CLUSTER_NAME)
+        self.save(cloud_ready=True)
+
+    def _rendered_path(self) -> Path:
+        return self.lab_dir / cloudhost.CLOUD_DIR / "node-configs.json"
+
+    def rendered_documents(self) -> dict[str, dict[str, Any]]:
+        """Return each server's node config as the program rendered it into the user data."""
+        try:
+            documents: dict[str, dict[str, Any]] = json.loads(self._rendered_path().read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        return documents
+
     # --- nodes -------------------------------------------------------------------------------
 
     def node_dir(self, name: str) -> Path:
@@ -194,11 +226,11 @@ class Lab:
     def _make_node(self, server: Any, layout: CloudLayout) -> LabNode:
         peers = [{"name": other.name, "index": other.index, "private_ip": other.private_ip} for other in layout.servers]
         paths = LabNodePaths(self.node_dir(server.name))
+        rendered = self.rendered_documents().get(server.name)
+        if rendered is None:
+            raise LabError(f"the Pulumi program rendered no node config for {server.name}")
         document = lab_node_config(
-            self.stack,
-            server.index,
-            CloudIds(layout.floating_ip_ids, layout.floating_ips, layout.shared_volume_id, server.db_volume_id),
-            self.secrets,
+            rendered,
             paths=paths,
             endpoint=self.endpoint,
             server_id=server.id,
@@ -236,18 +268,17 @@ class Lab:
         self._phase("network and cloud", started)
 
         started = time.monotonic()
-        provision_directly(self.control, self.stack, self.stack.node_indexes)
-        self.layout = read_layout(self.control, CLUSTER_NAME)
-        self.save(cloud_ready=True)
-        self._phase("cloud resources", started)
+        self.provision()
+        self._phase("pulumi program", started)
 
         started = time.monotonic()
+        layout = self.require_layout()
         image_tar = build_image_tar(self.lab_dir / "mailcow-lab-image.tar")
-        for server in self.layout.servers:
+        for server in layout.servers:
             self.network.add_node(NodeNetwork(server.name, server.index, server.public_ip, server.private_ip))
-            self.nodes[server.index] = self._make_node(server, self.layout)
+            self.nodes[server.index] = self._make_node(server, layout)
         self._parallel(
-            "boot", lambda node: node.boot(image_tar, self.layout.floating_ips, self.network.add_floating_ip_address)
+            "boot", lambda node: node.boot(image_tar, layout.floating_ips, self.network.add_floating_ip_address)
         )
         self._phase("node boot", started)
 
@@ -303,10 +334,13 @@ class Lab:
 
     # --- looking at it -----------------------------------------------------------------------
 
-    def shared_image(self) -> str:
+    def require_layout(self) -> CloudLayout:
         if self.layout is None:
             raise LabError(f"lab {self.lab_id} has no cloud resources yet")
-        return str(self.lab_dir / "volumes" / f"volume-{self.layout.shared_volume_id}.img")
+        return self.layout
+
+    def shared_image(self) -> str:
+        return str(self.lab_dir / "volumes" / f"volume-{self.require_layout().shared_volume_id}.img")
 
     def floating_addresses(self) -> list[str]:
         if self.layout is None:

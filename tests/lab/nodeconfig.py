@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 from mailcow_ha.config import parse_config
-from mailcow_ha.render.nodeconfig import CloudIds, NodeSecrets, node_config_document
 from mailcow_ha.stack import SECRET_KEYS, StackConfig, parse_stack
 
+STACK_NAME = "lab"
 CLUSTER_NAME = "mailcow-lab"
 PROJECT_NAME = "mailcowdockerized"
 CRITICAL_SERVICES = ("postfix-mailcow", "dovecot-mailcow", "redis-mailcow")
@@ -58,7 +58,7 @@ def stack_values(node_count: int, secrets: LabSecrets, *, advert_interval: int =
 
 def lab_stack(node_count: int, secrets: LabSecrets) -> StackConfig:
     values = stack_values(node_count, secrets)
-    return parse_stack(values, SECRET_KEYS & set(values), stack="lab")
+    return parse_stack(values, SECRET_KEYS & set(values), stack=STACK_NAME)
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,7 @@ class LabNodePaths:
 
 
 def lab_node_config(
-    stack: StackConfig,
-    index: int,
-    cloud: CloudIds,
-    secrets: LabSecrets,
+    rendered: Mapping[str, Any],
     *,
     paths: LabNodePaths,
     endpoint: str,
@@ -121,13 +118,9 @@ def lab_node_config(
     peers: Sequence[Mapping[str, Any]],
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Return node `index`'s config document: the rendered one with the lab's paths and timings."""
-    document = node_config_document(
-        stack,
-        index,
-        cloud,
-        NodeSecrets(secrets.hcloud_token, secrets.galera_password, secrets.status_api_secret),
-    )
+    """Return a node's config document: the one from its user data, with the lab's paths and timings."""
+    document = copy.deepcopy(dict(rendered))
+    index = document["node"]["index"]
     document["peers"] = [dict(peer) for peer in peers]
     document["hetzner"].update(
         {

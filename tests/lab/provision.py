@@ -1,20 +1,34 @@
 """Create the lab's cloud resources in the fake API and read back what the nodes need.
 
-`CloudLayout` is what the lab builds the nodes from: servers with their addresses and Galera
-volumes, the shared volume and the floating IPs, all read from the fake's state, so the lab
-uses the ids and addresses the cloud assigned.
+The resources come from the project's own Pulumi program, run under mocks that create each
+one in the fake (lab.pulumirun). `CloudLayout` is what the lab builds the nodes from: servers
+with their addresses and Galera volumes, the shared volume and the floating IPs, all read from
+the fake's state, so the lab uses the ids and addresses the cloud assigned.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lab.cloudapi import CloudControl
 from lab.shell import LabError
-from mailcow_ha.stack import StackConfig
+from mailcow_ha.render.nodeconfig import NODE_CONFIG_PATH
+from mailcow_ha.stack import PROJECT, SECRET_KEYS
+
+SHARED_ROLE = "shared-data"
+"""The `role` label the Pulumi program gives the shared data volume."""
+_TESTS_DIR = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger(__name__)
 
@@ -48,64 +62,81 @@ class CloudLayout:
         raise LabError(f"the cloud has no server with node index {index}")
 
 
-def provision_directly(control: CloudControl, stack: StackConfig, indexes: range | list[int]) -> None:
-    """Create, through the fake's control API, the resources the Pulumi program declares.
+def pulumi_config(stack_values: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Return Pulumi config (`mailcow-ha:` keys, string values) and the secret keys, from stack values."""
+    config = {}
+    for key, value in stack_values.items():
+        text = json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
+        config[f"{PROJECT}:{key}"] = text
+    secret_keys = [f"{PROJECT}:{key}" for key in sorted(SECRET_KEYS & set(stack_values))]
+    return config, secret_keys
 
-    Used for nodes added after `up` (scale-out) and whenever the Pulumi program is not run.
+
+def run_program(
+    *,
+    stack_name: str,
+    stack_values: Mapping[str, Any],
+    subnet: str,
+    namespace: str,
+    host: str,
+    port: int,
+    token_file: Path,
+    log_file: Path,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Run the Pulumi program under mocks that create its resources in the fake; return its result.
+
+    A second run (more nodes) finds the existing resources by name and creates only the new
+    ones, as `pulumi up` on an existing stack would.
     """
-    state = control.state()
-    networks = [network for network in state.get("networks", []) if network["name"] == stack.cluster_name]
-    if networks:
-        network_id = networks[0]["id"]
-    else:
-        network_id = control.create(
-            "networks",
-            name=stack.cluster_name,
-            ip_range=str(stack.network_cidr),
-            subnet=str(stack.subnet_cidr),
-            labels={"cluster": stack.cluster_name},
-        )["id"]
-    existing = {server["name"] for server in state.get("servers", [])}
-    for index in indexes:
-        name = stack.node_name(index)
-        if name in existing:
+    config, secret_keys = pulumi_config(stack_values)
+    request = {
+        "stack": stack_name,
+        "config": config,
+        "secret_keys": secret_keys,
+        "subnet": subnet,
+        "namespace": namespace,
+        "host": host,
+        "port": port,
+        "token_file": str(token_file),
+    }
+    environment = {**os.environ, "PYTHONPATH": f"{_TESTS_DIR}:{_TESTS_DIR.parent / 'infra'}"}
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "lab.pulumirun", json.dumps(request)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(f"the Pulumi program did not finish within {timeout:g} s") from None
+    log_file.write_text(completed.stderr, encoding="utf-8")
+    try:
+        result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise LabError(
+            f"the Pulumi program run printed no result (exit {completed.returncode}); see {log_file}"
+        ) from None
+    if "error" in result:
+        raise LabError(f"the Pulumi program failed: {result['error']}; see {log_file}")
+    return result
+
+
+def node_documents(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Return each server's node config, as its user data writes /etc/mailcow-ha/node.yaml."""
+    documents = {}
+    for resource in result["resources"]:
+        if resource["type"] != "hcloud:index/server:Server":
             continue
-        server = control.create(
-            "servers",
-            name=name,
-            location=stack.location,
-            server_type=stack.server_type,
-            labels={"cluster": stack.cluster_name, "node-index": str(index)},
-            network_id=network_id,
-            private_ip=str(stack.private_ip(index)),
-        )
-        control.create(
-            "volumes",
-            name=f"{name}-db",
-            size=stack.db_volume_size,
-            location=stack.location,
-            server_id=server["id"],
-            labels={"cluster": stack.cluster_name, "role": "galera"},
-            format="ext4",
-        )
-    volume_names = {volume["name"] for volume in state.get("volumes", [])}
-    if f"{stack.cluster_name}-data" not in volume_names:
-        control.create(
-            "volumes",
-            name=f"{stack.cluster_name}-data",
-            size=stack.shared_volume_size,
-            location=stack.location,
-            labels={"cluster": stack.cluster_name, "role": "shared"},
-            format="ext4",
-        )
-    if not state.get("floating_ips"):
-        control.create(
-            "floating_ips",
-            name=f"{stack.cluster_name}-ipv4",
-            type="ipv4",
-            home_location=stack.location,
-            labels={"cluster": stack.cluster_name},
-        )
+        user_data = yaml.safe_load(resource["inputs"]["userData"])
+        files = {entry["path"]: entry for entry in user_data.get("write_files", [])}
+        entry = files.get(str(NODE_CONFIG_PATH))
+        if entry is None:
+            raise LabError(f"the user data of {resource['inputs']['name']} writes no {NODE_CONFIG_PATH}")
+        documents[resource["inputs"]["name"]] = yaml.safe_load(entry["content"])
+    return documents
 
 
 def read_layout(control: CloudControl, cluster_name: str) -> CloudLayout:
@@ -120,13 +151,13 @@ def read_layout(control: CloudControl, cluster_name: str) -> CloudLayout:
     db_volumes = {
         volume["server"]: volume["id"] for volume in volumes if volume.get("labels", {}).get("role") == "galera"
     }
-    shared = [volume["id"] for volume in volumes if volume.get("labels", {}).get("role") == "shared"]
+    shared = [volume["id"] for volume in volumes if volume.get("labels", {}).get("role") == SHARED_ROLE]
     if len(shared) != 1:
-        raise LabError(f"expected one shared volume labelled cluster={cluster_name},role=shared, found {len(shared)}")
+        raise LabError(f"expected one volume labelled cluster={cluster_name},role={SHARED_ROLE}, found {len(shared)}")
     servers = []
     for server_id, server in sorted(servers_by_id.items()):
         name = server["name"]
-        index = int(name.rsplit("-", 1)[1])
+        index = int(server["labels"]["node"])
         private = server.get("private_net") or []
         if not private:
             raise LabError(f"server {name} has no private network attachment")
