@@ -1,0 +1,110 @@
+"""`mailcow-ha render`: review files for every node, placeholders for ids and secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailcow_ha.cli import main
+from mailcow_ha.errors import ExitCode
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+COMMIT = "a" * 40
+
+
+def write_stack(project: Path, config: dict[str, object]) -> None:
+    (project / "cloud-init").symlink_to(REPOSITORY / "cloud-init")
+    document = {"config": {"mailcow-ha:runtimeRef": COMMIT, **config}}
+    (project / "Pulumi.test.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+
+
+def base_config() -> dict[str, object]:
+    return {
+        "mailcow-ha:mailHostname": "mail.example.org",
+        "mailcow-ha:runtimeRepository": "https://git.example.org/ops/mailcow-ha.git",
+        "mailcow-ha:hcloudToken": {"secure": "v1:encrypted-token-bytes"},
+        "mailcow-ha:alertUrls": {"secure": "v1:encrypted-url-bytes"},
+        "hcloud:token": {"secure": "v1:provider-token-bytes"},
+    }
+
+
+def render(project: Path, out: Path, *extra: str) -> int:
+    return main(["render", "--stack", "test", "--out", str(out), "--project-dir", str(project), *extra])
+
+
+def test_writes_files_for_every_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, base_config())
+
+    code = render(project, tmp_path / "out", "--node-count", "5")
+
+    assert code == ExitCode.OK
+    nodes = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert nodes == [f"mailcow-test-{index}" for index in range(1, 6)]
+    node = tmp_path / "out/mailcow-test-5"
+    for relative in (
+        "user-data.yaml",
+        "keepalived.conf",
+        "99-mailcow-ha-galera.cnf",
+        "files/etc/mailcow-ha/node.yaml",
+        "files/etc/systemd/system/mailcow-ha-agent.service",
+    ):
+        assert (node / relative).is_file(), relative
+    keepalived = (node / "keepalived.conf").read_text()
+    assert "unicast_src_ip 10.0.1.15" in keepalived
+    for index in range(1, 5):
+        assert f"        10.0.1.1{index}\n" in keepalived
+    assert "mailcow-test-5" in capsys.readouterr().out
+
+
+def test_review_files_contain_placeholders_only(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, base_config())
+
+    render(project, tmp_path / "out")
+
+    node_config = yaml.safe_load((tmp_path / "out/mailcow-test-1/files/etc/mailcow-ha/node.yaml").read_text())
+    assert node_config["hetzner"]["token"] == "<secret mailcow-ha:hcloudToken>"
+    assert node_config["hetzner"]["shared_volume_id"] == "<id-of-volume-mailcow-test-shared-data>"
+    assert node_config["alerts"]["urls"] == ["<secret mailcow-ha:alertUrls>"]
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert "encrypted-token-bytes" not in text, path
+            assert "provider-token-bytes" not in text, path
+
+
+def test_plain_secret_in_stack_file_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, {**base_config(), "mailcow-ha:hcloudToken": "plain-token-in-file"})
+
+    code = render(project, tmp_path / "out")
+    errors = capsys.readouterr().err
+
+    assert code == ExitCode.CONFIG
+    assert "mailcow-ha:hcloudToken: given as plain text" in errors
+    assert "plain-token-in-file" not in errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_stack_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = render(tmp_path, tmp_path / "out")
+
+    assert code == ExitCode.CONFIG
+    assert f"{tmp_path}/Pulumi.test.yaml not found" in capsys.readouterr().err
+
+
+def test_invalid_node_count_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, base_config())
+
+    code = render(project, tmp_path / "out", "--node-count", "4")
+
+    assert code == ExitCode.CONFIG
+    assert "mailcow-ha:nodeCount: invalid value 4" in capsys.readouterr().err
