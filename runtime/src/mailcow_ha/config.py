@@ -78,12 +78,13 @@ class HetznerSettings(_Section):
     """Read timeout of one HTTP request to the API; a step's deadline shortens it further."""
     connect_timeout: Seconds = 3.0
     """TCP connect timeout of one HTTP request to the API."""
-    poll_interval: Seconds = 0.5
-    """Time between two reads of a running action's status."""
+    poll_interval: Seconds = 0.2
+    """Time between two reads of a running action's status. A move sees each action end up to
+    this late; at 0.2 s a failover of 3 actions lasting 2 s each costs about 30 requests."""
     retry_backoff_initial: Seconds = 0.25
     """Wait before the first retry of a transient API error; it doubles with every retry."""
     retry_backoff_max: Seconds = 4.0
-    """Upper bound of the wait between two retries (a 429 waits for its RateLimit-Reset instead)."""
+    """Upper bound of the wait between two retries (a 429 waits for the budget's next refill)."""
 
     @field_validator("endpoint")
     @classmethod

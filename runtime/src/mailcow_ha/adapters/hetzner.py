@@ -3,7 +3,7 @@
 No library default reaches a failover: every request has a connect and read timeout shortened to
 the step's deadline, the client's own retries are switched off, and actions are polled here. A
 read is retried inside this module when its error is transient (see hetzner_policy). A mutating
-call is sent once per round; after a transient error the round starts over by reading the
+call is sent once per round. After a transient error the round starts over by reading the
 resource again, because a request that timed out may still have taken effect. hcloud errors are
 converted into CloudError with the API's code and correlation id.
 
@@ -57,7 +57,7 @@ MIN_REQUEST_TIMEOUT = 0.05
 
 @dataclass(frozen=True)
 class CloudHolders:
-    """Which server each configured floating IP and volume is on (None: on no server)."""
+    """Server ids of the configured floating IPs and volumes, by resource id (None: on no server)."""
 
     floating_ips: Mapping[int, int | None]
     volumes: Mapping[int, int | None]
@@ -85,11 +85,11 @@ class VolumeInfo:
 
 
 class _ApiFailure(Exception):
-    """One failed request, classified; converted to CloudError when it is not retried."""
+    """One failed request with its error code, converted to CloudError when it is not retried."""
 
-    def __init__(self, what: str, code: str, message: str, correlation_id: str | None, reset_in: float | None):
-        super().__init__(f"{what}: {code} ({message})")
-        self.what = what
+    def __init__(self, operation: str, code: str, message: str, correlation_id: str | None, reset_in: float | None):
+        super().__init__(f"{operation}: {code} ({message})")
+        self.operation = operation
         self.code = code
         self.message = message
         self.correlation_id = correlation_id
@@ -98,7 +98,7 @@ class _ApiFailure(Exception):
     def to_cloud_error(self, reason: str) -> CloudError:
         where = f", correlation id {self.correlation_id}" if self.correlation_id else ""
         return CloudError(
-            f"Hetzner Cloud API: {self.what} failed with {self.code} ({self.message}){where}; {reason}; "
+            f"Hetzner Cloud API: {self.operation} failed with {self.code} ({self.message}){where}; {reason}; "
             "check the resource in the Cloud Console and the API status, then retry",
             code=self.code,
             correlation_id=self.correlation_id,
@@ -119,7 +119,7 @@ class _ThreadClient:
             timeout=(settings.connect_timeout, settings.request_timeout),
         )
         # NOTE: hcloud 2.x has no constructor arguments for its retry count or its session, so the
-        # private attributes are set here; test_hetzner_adapter checks that no request is repeated.
+        # private attributes are set here. test_hetzner_adapter checks that no request is repeated.
         base = self.client._client
         for attribute in ("_retry_max_retries", "_session", "_timeout"):
             if not hasattr(base, attribute):
@@ -224,7 +224,7 @@ class HetznerCloud:
                 log.warning("%s; reading the volume again", failure)
 
     def holders(self, deadline: Deadline) -> CloudHolders:
-        """Read which server holds each configured floating IP and the shared volume."""
+        """Read the server that each configured floating IP and the shared volume is on."""
         fips = {fip_id: self._floating_ip_holder(fip_id, deadline) for fip_id in self._settings.floating_ip_ids}
         volume_id = self._settings.shared_volume_id
         return CloudHolders(floating_ips=fips, volumes={volume_id: self._volume_holder(volume_id, deadline)})
@@ -264,9 +264,11 @@ class HetznerCloud:
                 "detaches; another node may be promoting at the same time; check keepalived on every node",
                 code="volume_contended",
             )
-        what = f"detach volume {volume_id} from server {holder}"
-        action = self._mutate(what, lambda client: client.volumes.detach(Volume(id=volume_id)), deadline, checkpoint)
-        self._wait_action(action, what, deadline)
+        operation = f"detach volume {volume_id} from server {holder}"
+        action = self._mutate(
+            operation, lambda client: client.volumes.detach(Volume(id=volume_id)), deadline, checkpoint
+        )
+        self._wait_action(action, operation, deadline)
         while self._volume_holder(volume_id, deadline) == holder:
             log.info("volume %s still shows server %s after the detach; reading it again", volume_id, holder)
             self._pause(self._settings.poll_interval, deadline, f"volume {volume_id} to show no server")
@@ -275,8 +277,8 @@ class HetznerCloud:
         def call(client: hcloud.Client) -> BoundAction:
             return client.volumes.attach(Volume(id=volume_id), Server(id=server_id), automount=False)
 
-        what = f"attach volume {volume_id} to server {server_id}"
-        self._wait_action(self._mutate(what, call, deadline, checkpoint), what, deadline)
+        operation = f"attach volume {volume_id} to server {server_id}"
+        self._wait_action(self._mutate(operation, call, deadline, checkpoint), operation, deadline)
 
     def _assign(self, fip_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> BoundAction:
         def call(client: hcloud.Client) -> BoundAction:
@@ -292,26 +294,29 @@ class HetznerCloud:
     def _volume_holder(self, volume_id: int, deadline: Deadline) -> int | None:
         return self.volume(volume_id, deadline).server_id
 
-    def _wait_action(self, action: BoundAction, what: str, deadline: Deadline) -> None:
+    def _wait_action(self, action: BoundAction, operation: str, deadline: Deadline) -> None:
         """Poll an action until it ends; raise CloudError when it ends in error."""
         action_id = int(action.id)
         while action.status == "running":
-            self._pause(self._settings.poll_interval, deadline, f"action {action_id} ({what})")
+            self._pause(self._settings.poll_interval, deadline, f"action {action_id} ({operation})")
             try:
                 action = self._read(
                     f"read action {action_id}", lambda client: client.actions.get_by_id(action_id), deadline
                 )
             except DeadlineExceeded as error:
-                raise DeadlineExceeded(f"{deadline.step} timed out waiting for action {action_id} ({what})") from error
+                raise DeadlineExceeded(
+                    f"{deadline.step} timed out waiting for action {action_id} ({operation})"
+                ) from error
         if action.status == "error":
             details: Mapping[str, Any] = action.error or {}
             code = str(details.get("code", "unknown"))
+            message = details.get("message", "")
             raise CloudError(
-                f"Hetzner Cloud API: {what}: action {action_id} ended in error {code} ({details.get('message', '')}); "
+                f"Hetzner Cloud API: {operation}: action {action_id} ended in error {code} ({message}); "
                 "check the action in the Cloud Console, then retry",
                 code=code,
             )
-        log.info("%s: action %s succeeded", what, action_id)
+        log.info("%s: action %s succeeded", operation, action_id)
 
     def _pause(self, seconds: float, deadline: Deadline, waiting_for: str) -> None:
         remaining = deadline.remaining()
@@ -320,7 +325,7 @@ class HetznerCloud:
         self._sleep(min(seconds, remaining))
 
     def _back_off(self, failure: _ApiFailure, attempt: int, deadline: Deadline) -> None:
-        """Sleep before the next round after a failed mutating call, or raise CloudError."""
+        """Sleep before retrying a failed request, or raise CloudError or DeadlineExceeded."""
         decision = decide_retry(
             failure.code,
             attempt,
@@ -345,10 +350,10 @@ class HetznerCloud:
             self._local.client = client
         return client
 
-    def _send(self, what: str, call: Callable[[hcloud.Client], T], deadline: Deadline) -> T:
+    def _send(self, operation: str, call: Callable[[hcloud.Client], T], deadline: Deadline) -> T:
         """Send one request (several for paginated lists) and classify its failure."""
         if deadline.expired:
-            raise DeadlineExceeded(f"{deadline.step} timed out before: {what}")
+            raise DeadlineExceeded(f"{deadline.step} timed out before: {operation}")
         client = self._client()
         client.bound_timeout(self._settings.connect_timeout, self._settings.request_timeout, deadline)
         try:
@@ -356,27 +361,29 @@ class HetznerCloud:
         except hcloud.APIException as error:
             code = error.code if isinstance(error.code, str) else f"http_{error.code}"
             reset_in = self._reset_in(client.last_headers)
-            raise _ApiFailure(what, code, str(error.message), error.correlation_id, reset_in) from None
+            raise _ApiFailure(operation, code, str(error.message), error.correlation_id, reset_in) from None
         except requests.exceptions.Timeout:
-            raise _ApiFailure(what, REQUEST_TIMEOUT, "no answer within the request timeout", None, None) from None
+            raise _ApiFailure(operation, REQUEST_TIMEOUT, "no response within the read timeout", None, None) from None
         except requests.exceptions.RequestException as error:
-            raise _ApiFailure(what, CONNECTION_ERROR, type(error).__name__, None, None) from None
+            raise _ApiFailure(operation, CONNECTION_ERROR, type(error).__name__, None, None) from None
 
-    def _read(self, what: str, call: Callable[[hcloud.Client], T], deadline: Deadline) -> T:
+    def _read(self, operation: str, call: Callable[[hcloud.Client], T], deadline: Deadline) -> T:
         """Send a read, retrying transient errors with backoff inside the deadline."""
         attempt = 0
         while True:
             try:
-                return self._send(what, call, deadline)
+                return self._send(operation, call, deadline)
             except _ApiFailure as failure:
                 self._back_off(failure, attempt, deadline)
                 attempt += 1
 
-    def _mutate(self, what: str, call: Callable[[hcloud.Client], T], deadline: Deadline, checkpoint: Checkpoint) -> T:
+    def _mutate(
+        self, operation: str, call: Callable[[hcloud.Client], T], deadline: Deadline, checkpoint: Checkpoint
+    ) -> T:
         """Send a mutating request once, after `checkpoint()`, and never after the deadline."""
         checkpoint()
-        result = self._send(what, call, deadline)
-        log.info("%s: accepted", what)
+        result = self._send(operation, call, deadline)
+        log.info("%s: accepted", operation)
         return result
 
     def _reset_in(self, headers: Mapping[str, str]) -> float | None:

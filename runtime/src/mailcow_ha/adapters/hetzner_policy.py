@@ -27,8 +27,8 @@ TRANSIENT_CODES = frozenset(
     }
 )
 """Error codes after which the same request may succeed: a resource busy with another action,
-a concurrent change, a server-side failure, or no answer at all. HTTP statuses without a JSON
-error body are classified as `http_<status>`; every 5xx of those is transient too."""
+a concurrent change, a server-side failure, or no response at all. HTTP statuses without a JSON
+error body are classified as `http_<status>`, and every 5xx of those is transient too."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class RetryPolicy:
     initial_backoff: float = 0.25
     max_backoff: float = 4.0
     rate_limit_margin: float = 0.05
-    """Added to the wait until RateLimit-Reset, so the retry does not arrive a moment too early."""
+    """Added to a rate limit's wait, so the retry does not arrive a moment too early."""
 
 
 @dataclass(frozen=True)
@@ -96,16 +96,16 @@ def decide_retry(
 ) -> RetryDecision:
     """Decide whether to retry after an error with `code`, `remaining` seconds before the deadline.
 
-    A 429 waits until the RateLimit-Reset header's time when that is before the deadline, and
-    gives up at once otherwise. Transient errors back off exponentially. Everything else fails.
+    A 429 waits `rate_limit_reset_in` (see rate_limit_wait) when that ends before the deadline,
+    and gives up at once otherwise. Transient errors back off exponentially. Everything else fails.
     """
     if code == RATE_LIMITED:
         if rate_limit_reset_in is None:
             wait = backoff(attempt, policy)
-            source = "no RateLimit-Reset header, backing off"
+            source = "no rate limit headers, backing off"
         else:
             wait = max(0.0, rate_limit_reset_in) + policy.rate_limit_margin
-            source = "waiting for RateLimit-Reset"
+            source = "waiting for the budget's next refill"
         if wait >= remaining:
             reason = f"rate limited for {wait:.1f} s more, past the step's deadline ({remaining:.1f} s left)"
             return RetryDecision(False, 0.0, reason, out_of_time=True)
