@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # Modules under mailcow_ha.cli that define `register(subparsers)`. Each subcommand's parser
 # sets `handler`, a callable taking the argparse.Namespace and returning an ExitCode.
-COMMAND_MODULES = ("validate", "data", "render", "galera", "db", "backup")
+COMMAND_MODULES = ("validate", "data", "render", "galera", "db", "backup", "kuma")
 
 
 def build_parser() -> argparse.ArgumentParser:
