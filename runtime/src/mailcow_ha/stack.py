@@ -1,4 +1,4 @@
-"""The stack config: every Pulumi config key of the project, its default, and its rules.
+"""The stack config: every Pulumi config key of the project, its default, and how it is read.
 
 The Pulumi program and `mailcow-ha render` both read the stack config through `parse_stack`,
 so a value that `pulumi up` rejects is rejected offline too. Every problem is reported at once,
@@ -14,57 +14,18 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
+from mailcow_ha import stack_rules as rules
 from mailcow_ha.errors import ConfigError
 
 PROJECT = "mailcow-ha"
-MAX_CLUSTER_NAME = 60
-"""Server names are `<cluster>-<index>` and Hetzner allows 63 characters."""
-NODE_ADDRESS_OFFSET = 10
-"""Node N gets the subnet's address number 10 + N (10.0.1.11 for node 1 of 10.0.1.0/24)."""
-MAX_NODES = 9
-VOLUME_MIN_GB = 10
-VOLUME_MAX_GB = 10240
-
-NETWORK_ZONES = {
-    "fsn1": "eu-central",
-    "nbg1": "eu-central",
-    "hel1": "eu-central",
-    "ash": "us-east",
-    "hil": "us-west",
-    "sin": "ap-southeast",
-}
-"""Hetzner Cloud locations and the network zone their private networks belong to."""
-
-RESERVED_NETWORKS = {
-    ipaddress.IPv4Network("172.17.0.0/16"): "Docker's default bridge network",
-    ipaddress.IPv4Network("172.22.1.0/24"): "mailcow's container network",
-    ipaddress.IPv4Network("172.31.1.1/32"): "Hetzner's default gateway of the public interface",
-}
-"""Ranges a node already routes elsewhere; a private network overlapping one breaks routing."""
-
-MOVING_REFS = frozenset({"master", "main", "nightly", "staging", "HEAD"})
-
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_FQDN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_GIT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
-_SERVER_TYPE = re.compile(r"^[a-z]+[0-9]+[a-z]*$")
-_IMAGE = re.compile(r"^debian-(1[2-9])$")
-_INTERFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_SSH_KEY = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]{16,}( \S.*)?$"
-)
-_APPRISE_URL = re.compile(r"^[a-z][a-z0-9+]{1,31}://\S+$")
-_REPOSITORY = re.compile(r"^(https://[^\s/@]+(/[^\s]*)?|ssh://[^\s]+|git@[^\s:]+:[^\s]+)$")
 
 
 @dataclass(frozen=True)
@@ -225,7 +186,7 @@ class StackConfig:
 
     @property
     def network_zone(self) -> str:
-        return NETWORK_ZONES[self.location]
+        return rules.NETWORK_ZONES[self.location]
 
     @property
     def node_indexes(self) -> range:
@@ -236,7 +197,7 @@ class StackConfig:
 
     def private_ip(self, index: int) -> ipaddress.IPv4Address:
         """Return node `index`'s static private address, which does not depend on the node count."""
-        return self.subnet_cidr.network_address + NODE_ADDRESS_OFFSET + index
+        return self.subnet_cidr.network_address + rules.NODE_ADDRESS_OFFSET + index
 
 
 def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str], *, stack: str) -> StackConfig:
@@ -252,56 +213,59 @@ def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str
         problems.append(f"{PROJECT}:{key}: unknown key; known keys are listed in Pulumi.yaml (check the spelling)")
 
     reader = _Reader(values, frozenset(secret_keys), problems)
-    node_count = reader.integer("nodeCount", _check_node_count)
-    location = reader.text("location", _check_location)
-    network = reader.text("networkCidr", _check_network)
-    subnet = reader.text("subnetCidr", _check_cidr_syntax)
+    node_count = reader.integer("nodeCount", rules.check_node_count)
+    location = reader.text("location", rules.check_location)
+    network = reader.text("networkCidr", rules.check_network)
+    subnet = reader.text("subnetCidr", rules.check_cidr_syntax)
     config_values: dict[str, Any] = {
         "stack": stack,
-        "cluster_name": reader.text("clusterName", _check_cluster_name) or f"mailcow-{stack}",
+        "cluster_name": reader.text("clusterName", rules.check_cluster_name) or f"mailcow-{stack}",
         "node_count": node_count,
         "location": location,
-        "server_type": reader.text("serverType", _pattern(_SERVER_TYPE, "a Hetzner server type such as cx32")),
-        "image": reader.text("image", _pattern(_IMAGE, "a Debian image of release 12 or later, such as debian-12")),
+        "server_type": reader.text(
+            "serverType", rules.matches(rules.SERVER_TYPE, "a Hetzner server type such as cx32")
+        ),
+        "image": reader.text(
+            "image", rules.matches(rules.IMAGE, "a Debian image of release 12 or later, such as debian-12")
+        ),
         "network_cidr": network,
         "subnet_cidr": subnet,
-        "admin_ssh_keys": tuple(reader.array("adminSshKeys", _pattern(_SSH_KEY, "an OpenSSH public key line"))),
-        "ssh_allowed_cidrs": tuple(reader.array("sshAllowedCidrs", _check_any_cidr)),
-        "shared_volume_size": reader.integer("sharedVolumeSize", _check_volume_size),
-        "db_volume_size": reader.integer("dbVolumeSize", _check_volume_size),
-        "mail_hostname": reader.text("mailHostname", _check_fqdn),
+        "admin_ssh_keys": tuple(
+            reader.array("adminSshKeys", rules.matches(rules.SSH_KEY, "an OpenSSH public key line"))
+        ),
+        "ssh_allowed_cidrs": tuple(reader.array("sshAllowedCidrs", rules.check_any_cidr)),
+        "shared_volume_size": reader.integer("sharedVolumeSize", rules.check_volume_size),
+        "db_volume_size": reader.integer("dbVolumeSize", rules.check_volume_size),
+        "mail_hostname": reader.text("mailHostname", rules.check_fqdn),
         "floating_ipv6": reader.boolean("floatingIpv6"),
-        "breaker_window": reader.integer("breakerWindow", _range(60, 86400, "seconds")),
-        "advert_interval": reader.integer("advertInterval", _range(1, 10, "seconds")),
-        "virtual_router_id": reader.integer("virtualRouterId", _range(1, 255, "")),
+        "breaker_window": reader.integer("breakerWindow", rules.in_range(60, 86400, "seconds")),
+        "advert_interval": reader.integer("advertInterval", rules.in_range(1, 10, "seconds")),
+        "virtual_router_id": reader.integer("virtualRouterId", rules.in_range(1, 255, "")),
         "private_interface": reader.text(
-            "privateInterface", _pattern(_INTERFACE, "an interface name of 1..15 characters")
+            "privateInterface", rules.matches(rules.INTERFACE, "an interface name of 1..15 characters")
         ),
         "public_interface": reader.text(
-            "publicInterface", _pattern(_INTERFACE, "an interface name of 1..15 characters")
+            "publicInterface", rules.matches(rules.INTERFACE, "an interface name of 1..15 characters")
         ),
-        "mailcow_ref": reader.text("mailcowRef", _check_mailcow_ref),
+        "mailcow_ref": reader.text("mailcowRef", rules.check_mailcow_ref),
         "runtime_repository": reader.text(
-            "runtimeRepository", _pattern(_REPOSITORY, "an https://, ssh:// or git@ URL")
+            "runtimeRepository", rules.matches(rules.REPOSITORY, "an https://, ssh:// or git@ URL")
         ),
-        "runtime_ref": reader.text("runtimeRef", _check_runtime_ref),
-        "hcloud_token": reader.secret("hcloudToken", _check_token),
-        "alert_urls": tuple(reader.secret_list("alertUrls", _check_alert_url)),
-        "galera_password": reader.secret("galeraPassword", _check_password),
-        "status_api_secret": reader.secret("statusApiSecret", _check_password),
+        "runtime_ref": reader.text("runtimeRef", rules.check_runtime_ref),
+        "hcloud_token": reader.secret("hcloudToken", rules.check_token),
+        "alert_urls": tuple(reader.secret_list("alertUrls", rules.check_alert_url)),
+        "galera_password": reader.secret("galeraPassword", rules.check_password),
+        "status_api_secret": reader.secret("statusApiSecret", rules.check_password),
     }
     if isinstance(network, ipaddress.IPv4Network) and isinstance(subnet, ipaddress.IPv4Network):
-        _check_subnet(network, subnet, problems)
+        for rule in rules.subnet_problems(network, subnet):
+            problems.append(f"{PROJECT}:subnetCidr: invalid value '{subnet}'; {rule}")
 
     if problems:
         lines = [f"stack {stack!r} config is invalid ({len(problems)} problem(s)); fix these keys:"]
         lines.extend(f"  {problem}" for problem in problems)
         raise ConfigError("\n".join(lines))
     return StackConfig(**config_values)
-
-
-Check = Callable[[Any], Any]
-"""Convert a raw value and return it, or raise ValueError with the rule it broke."""
 
 
 class _Reader:
@@ -325,14 +289,14 @@ class _Reader:
         shown = "<hidden>" if KEYS_BY_NAME[key].secret else repr(value)
         self.problems.append(f"{PROJECT}:{key}: invalid value {shown}; {rule}")
 
-    def _apply(self, key: str, value: Any, check: Check) -> Any:
+    def _apply(self, key: str, value: Any, check: rules.Check) -> Any:
         try:
             return check(value)
         except ValueError as error:
             self._fail(key, value, str(error))
             return None
 
-    def text(self, key: str, check: Check) -> Any:
+    def text(self, key: str, check: rules.Check) -> Any:
         value = self._raw(key)
         if value is None:
             return None
@@ -343,7 +307,7 @@ class _Reader:
             return ""
         return self._apply(key, value.strip(), check)
 
-    def integer(self, key: str, check: Check) -> Any:
+    def integer(self, key: str, check: rules.Check) -> Any:
         value = self._raw(key)
         if isinstance(value, bool) or not isinstance(value, int | str):
             self._fail(key, value, "expected an integer")
@@ -364,7 +328,7 @@ class _Reader:
         self._fail(key, value, "expected true or false")
         return None
 
-    def array(self, key: str, check: Check) -> list[Any]:
+    def array(self, key: str, check: rules.Check) -> list[Any]:
         value = self._raw(key)
         if isinstance(value, str):
             try:
@@ -377,7 +341,7 @@ class _Reader:
             return []
         return [self._apply(key, item, check) for item in value]
 
-    def secret(self, key: str, check: Check) -> SecretStr | Placeholder | None:
+    def secret(self, key: str, check: rules.Check) -> SecretStr | Placeholder | None:
         spec = KEYS_BY_NAME[key]
         value = self.values.get(key)
         if isinstance(value, Placeholder):
@@ -398,7 +362,7 @@ class _Reader:
         checked = self._apply(key, value.strip(), check)
         return None if checked is None else SecretStr(checked)
 
-    def secret_list(self, key: str, check: Check) -> list[SecretStr | Placeholder]:
+    def secret_list(self, key: str, check: rules.Check) -> list[SecretStr | Placeholder]:
         value = self.secret(key, lambda text: text)
         if value is None or isinstance(value, Placeholder):
             return [] if value is None else [value]
@@ -409,141 +373,6 @@ class _Reader:
             except ValueError as error:
                 self.problems.append(f"{PROJECT}:{key}: URL number {position} is invalid; {error}")
         return urls
-
-
-def _pattern(pattern: re.Pattern[str], expected: str) -> Check:
-    def check(value: Any) -> Any:
-        if not pattern.match(value):
-            raise ValueError(f"expected {expected}")
-        return value
-
-    return check
-
-
-def _range(low: int, high: int, unit: str) -> Check:
-    def check(value: int) -> int:
-        if not low <= value <= high:
-            raise ValueError(f"expected {low}..{high}{' ' + unit if unit else ''}")
-        return value
-
-    return check
-
-
-def _check_node_count(value: int) -> int:
-    if value < 3 or value > MAX_NODES or value % 2 == 0:
-        raise ValueError(
-            "expected 3, 5, 7 or 9: an even count can split Galera into halves without a majority, "
-            "and a spread placement group holds at most 10 servers, leaving room for one replacement"
-        )
-    return value
-
-
-def _check_location(value: str) -> str:
-    if value not in NETWORK_ZONES:
-        raise ValueError(f"expected a Hetzner location: {', '.join(sorted(NETWORK_ZONES))}")
-    return value
-
-
-def _check_cluster_name(value: str) -> str:
-    if len(value) > MAX_CLUSTER_NAME or not _NAME.match(value):
-        raise ValueError(f"expected lower-case letters, digits and '-', at most {MAX_CLUSTER_NAME} characters")
-    return value
-
-
-def _check_cidr_syntax(value: str) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(value, strict=True)
-    except ValueError as error:
-        raise ValueError(f"expected an IPv4 network such as 10.0.1.0/24 ({error})") from None
-
-
-def _check_network(value: str) -> ipaddress.IPv4Network:
-    network = _check_cidr_syntax(value)
-    if not any(network.subnet_of(block) for block in _PRIVATE_BLOCKS):
-        raise ValueError("expected a private range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")
-    for reserved, what in RESERVED_NETWORKS.items():
-        if network.overlaps(reserved):
-            raise ValueError(f"overlaps {reserved} ({what}); choose another range")
-    return network
-
-
-_PRIVATE_BLOCKS = (
-    ipaddress.IPv4Network("10.0.0.0/8"),
-    ipaddress.IPv4Network("172.16.0.0/12"),
-    ipaddress.IPv4Network("192.168.0.0/16"),
-)
-
-
-def _check_subnet(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, problems: list[str]) -> None:
-    if not subnet.subnet_of(network):
-        problems.append(
-            f"{PROJECT}:subnetCidr: invalid value '{subnet}'; expected a subnet inside networkCidr {network}"
-        )
-        return
-    needed = NODE_ADDRESS_OFFSET + MAX_NODES + 2
-    if subnet.num_addresses < needed:
-        problems.append(
-            f"{PROJECT}:subnetCidr: invalid value '{subnet}'; expected at least {needed} addresses (/27 or larger), "
-            f"because node N uses address number {NODE_ADDRESS_OFFSET} + N for N up to {MAX_NODES}"
-        )
-
-
-def _check_any_cidr(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as error:
-        raise ValueError(f"expected a network such as 198.51.100.0/24 or 2001:db8::/48 ({error})") from None
-
-
-def _check_volume_size(value: int) -> int:
-    if not VOLUME_MIN_GB <= value <= VOLUME_MAX_GB:
-        raise ValueError(f"expected {VOLUME_MIN_GB}..{VOLUME_MAX_GB} GB, the sizes Hetzner volumes support")
-    return value
-
-
-def _check_fqdn(value: str) -> str:
-    name = value.rstrip(".").lower()
-    labels = name.split(".")
-    if (
-        len(name) > 253
-        or len(labels) < 3
-        or not all(_FQDN_LABEL.match(label) for label in labels)
-        or not labels[-1].isalpha()
-    ):
-        raise ValueError("expected a fully qualified host name such as mail.example.org")
-    return name
-
-
-def _check_mailcow_ref(value: str) -> str:
-    if not _GIT_REF.match(value) or ".." in value:
-        raise ValueError("expected a git tag or commit of mailcow-dockerized, such as 2025-01")
-    if value in MOVING_REFS:
-        raise ValueError("expected a tag or commit; a branch moves, so nodes created later would run other code")
-    return value
-
-
-def _check_runtime_ref(value: str) -> str:
-    if not _COMMIT.match(value):
-        raise ValueError("expected a full commit id (40 lower-case hex digits); run `git rev-parse TAG` for a tag")
-    return value
-
-
-def _check_token(value: str) -> str:
-    if not value or any(character.isspace() for character in value):
-        raise ValueError("expected a Hetzner API token without spaces")
-    return value
-
-
-def _check_password(value: str) -> str:
-    if len(value) < 16 or any(character.isspace() or character in "\"'\\" for character in value):
-        raise ValueError("expected at least 16 characters without spaces, quotes or backslashes")
-    return value
-
-
-def _check_alert_url(value: str) -> str:
-    if not _APPRISE_URL.match(value):
-        raise ValueError("expected an Apprise URL such as mailtos://user:password@example.org")
-    return value
 
 
 def resolve_runtime_ref(config: StackConfig, repository: Path, *, allow_dirty: bool) -> tuple[StackConfig, str | None]:
