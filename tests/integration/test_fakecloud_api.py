@@ -25,7 +25,7 @@ def env():
 
 @pytest.fixture
 def client(env):
-    # The client's own retries would hide the fake's answers; these tests look at each one.
+    # The client's own retries would hide the fake's responses, and these tests check each one.
     api = hcloud.Client(env.token, api_endpoint=env.url, timeout=5, poll_interval=0.02)
     api._client._retry_max_retries = 0
     return api

@@ -81,9 +81,9 @@ def test_assign_two_floating_ips(env):
 
 
 def test_locked_twice_then_already_attached(env):
-    # Field report: the volume's holder is powered off; attach answers locked twice, then "already
-    # attached" because the old holder got the volume meanwhile. Locked is retried; already
-    # attached leads to detach, wait, re-read until unattached, attach.
+    # The volume's holder is powered off. Attach fails with locked twice, then with "already
+    # attached" because the old holder got the volume meanwhile. Locked is retried, and already
+    # attached leads to detach, wait, re-read until unattached, then attach.
     cluster = env.cluster(volume_on=None)
     holder, target = cluster.server_ids[0], cluster.server_ids[1]
     env.fake.set_server_status(holder, "off")

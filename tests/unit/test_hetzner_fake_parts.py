@@ -72,9 +72,9 @@ def test_fault_book_counts_and_skips():
     book = FaultBook()
     book.add(Fault(operation="volume.attach", code="locked", count=2, skip=1))
 
-    taken = [book.take("volume.attach") for _ in range(4)]
+    matched = [book.take("volume.attach") for _ in range(4)]
 
-    assert [fault is not None for fault in taken] == [False, True, True, False]
+    assert [fault is not None for fault in matched] == [False, True, True, False]
     assert book.list() == []
 
 

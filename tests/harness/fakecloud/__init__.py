@@ -1,7 +1,7 @@
 """A fake Hetzner Cloud API for tests and the lab, driven through the official `hcloud` client.
 
-`FakeCloud` holds the state and enforces the real API's rules; `FakeCloudServer` serves it over
-HTTP; `python -m harness.fakecloud` runs it as a process. docs/fake-cloud-api.md describes the
+`FakeCloud` contains the state and enforces the real API's rules. `FakeCloudServer` serves it
+over HTTP, and `python -m harness.fakecloud` runs it as a process. docs/fake-cloud-api.md describes the
 endpoints, the rules, fault injection and the control API.
 """
 

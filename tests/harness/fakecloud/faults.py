@@ -39,7 +39,7 @@ class Fault:
     action_error_code: str = "action_failed"
     action_error_message: str = "the action failed"
     rate_limit_reset_in: float | None = None
-    """Answer 429 and keep answering it to every request until this many seconds have passed."""
+    """Respond 429 to this and every later request until this many seconds have passed."""
     then: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     """Called (in process only) once the response is built, before it is sent: a change made
     here is invisible in that response but in place when the client makes its next request."""

@@ -125,7 +125,7 @@ class RateLimit:
             self._blocked_until = 0.0
 
     def block(self, seconds: float) -> None:
-        """Answer every request with 429 for `seconds`, with RateLimit-Reset at the block's end.
+        """Reject every request with 429 for `seconds`, with RateLimit-Reset at the block's end.
 
         The budget itself is left as it was; `configure(limit, remaining=0)` empties it instead,
         after which requests pass at the refill rate only.

@@ -1,9 +1,9 @@
 """The API's mutating operations and the rules the real API enforces on them.
 
 Each operation checks its input and the resources' state at request time, then starts an action
-whose effect applies when the action ends. The rules: a volume is attached to at most one server
-and only to a server in its own location; a floating IP is assigned only to a server in its
-home location's network zone; a resource that a running action holds is `locked`.
+whose effect applies when the action ends. A volume is attached to at most one server, and only
+to a server in its own location. A floating IP is assigned only to a server in its home
+location's network zone. A resource that a running action locks rejects changes with `locked`.
 """
 
 from __future__ import annotations

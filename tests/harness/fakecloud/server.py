@@ -28,7 +28,7 @@ MAX_BODY = 1 << 20
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle's algorithm the second waits for the
+    # Headers and body go out in two writes. With Nagle's algorithm the second waits for the
     # client's delayed ACK, which added about 40 ms to every request on loopback.
     disable_nagle_algorithm = True
     server: _HttpServer
@@ -48,7 +48,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
-    # --- the request ------------------------------------------------------------------------
+    # --- the request -----------------------------------------------------------------------------
 
     def _serve(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)

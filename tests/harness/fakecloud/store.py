@@ -2,7 +2,7 @@
 
 Every method is thread-safe. Mutating API operations return an action, which runs for the
 latency configured for its operation and then ends in `success` (its effect applies at that
-moment) or, when a fault says so, in `error` or never. With a latency of 0 the effect applies at
+moment) or, when a fault requests it, in `error` or never. With a latency of 0 the effect applies at
 once and the action is returned already finished.
 """
 
@@ -65,7 +65,7 @@ class FakeCloud:
         self._scheduler = threading.Thread(target=self._run_scheduler, name="fakecloud-actions", daemon=True)
         self._scheduler.start()
 
-    # --- configuration -------------------------------------------------------------------
+    # --- configuration ---------------------------------------------------------------------------
 
     def set_action_latency(self, operation: str | None, seconds: float) -> None:
         """Set how long actions of `operation` (such as `volume.attach`) run; None sets the default."""
@@ -91,7 +91,7 @@ class FakeCloud:
             self._wake.notify_all()
         self._scheduler.join(timeout=5)
 
-    # --- creation (no action, as a Pulumi program or the console would leave things) ----
+    # --- creation (no action, as a Pulumi program or the console would leave things) -------------
 
     def _new_id(self, kind: str, wanted: int | None, existing: dict[int, Any]) -> int:
         if wanted is not None:
@@ -220,7 +220,7 @@ class FakeCloud:
         self._changed("floating_ip.created", floating_ip=fip_id, server=server_id)
         return floating_ip
 
-    # --- direct changes for the lab (no action, no lock check) ---------------------------
+    # --- direct changes for the lab (no action, no lock check) -----------------------------------
 
     def set_server_status(self, server_id: int, status: str) -> None:
         """Change a server's status at once, as a crash or a console power switch does."""
@@ -263,7 +263,7 @@ class FakeCloud:
             action.outcome = outcome
         self._complete(action_id)
 
-    # --- lookups (callers hold the lock) ---------------------------------------------------------------------------
+    # --- lookups (callers hold the lock) ---------------------------------------------------------
 
     def get_server(self, server_id: int) -> res.Server:
         server = self.servers.get(server_id)
@@ -298,10 +298,10 @@ class FakeCloud:
                 "next_ids": dict(self._next_ids),
             }
 
-    # --- actions ---------------------------------------------------------------------------
+    # --- actions ---------------------------------------------------------------------------------
 
     def locked_resources(self) -> set[tuple[str, int]]:
-        """Return the resources that a running action holds (the first resource of each)."""
+        """Return the resources that running actions lock (the first resource of each)."""
         with self.lock:
             return {
                 (action.resources[0]["type"], action.resources[0]["id"])
@@ -391,7 +391,7 @@ class FakeCloud:
             for action_id in due:
                 self._complete(action_id)
 
-    # --- persistence -----------------------------------------------------------------------
+    # --- persistence -----------------------------------------------------------------------------
 
     def _changed(self, kind: str, **ids: Any) -> None:
         if self.state_file is not None:

@@ -2,7 +2,7 @@
 
     from harness.fakecloud.testing import fake_cloud   # in a conftest.py, to use the fixture
 
-`fake_cloud` yields a FakeCloudEnv; `env.cluster()` creates a network, servers labelled
+`fake_cloud` yields a FakeCloudEnv. Its `cluster()` creates a network, servers labelled
 `cluster=<name>`, the shared volume and a floating IP on node 1, as Pulumi would leave them.
 """
 
