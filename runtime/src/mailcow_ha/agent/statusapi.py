@@ -2,7 +2,8 @@
 
 Reads are plain GETs: `/v1/status` returns the agent's NodeSnapshot as JSON, `/v1/health`
 returns 200 when the node is healthy and 503 otherwise, `/v1/master` returns 200 only on the
-keepalived MASTER (for load balancers and monitoring), and `/v1/actions` lists the actions.
+keepalived MASTER (for load balancers and monitoring), `/v1/history` returns this node's failover
+history records (oldest first), and `/v1/actions` lists the actions.
 The calls that change a node are `POST /v1/actions/<name>` with a JSON object body, signed with
 the cluster secret (see apiauth). Unsigned or badly signed calls get 401. Calls from addresses
 outside the cluster get 403 when the caller supplies the member addresses.
@@ -39,6 +40,7 @@ from mailcow_ha.agent.apiauth import (
 )
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.errors import ConfigError, MailcowHaError, Refused
+from mailcow_ha.failover.history import HistoryStore
 
 if TYPE_CHECKING:
     from mailcow_ha.config import NodeConfig
@@ -52,6 +54,7 @@ SOCKET_TIMEOUT = 10.0
 """Seconds a connection may stay silent before the server drops it, so idle clients cannot hold threads."""
 
 SnapshotSource = Callable[[], NodeSnapshot]
+HistorySource = Callable[[], list[dict[str, Any]]]
 ActionHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
@@ -88,10 +91,12 @@ class StatusApi:
         secret: SecretStr,
         snapshot: SnapshotSource,
         allowed_clients: Callable[[], Collection[str]] | None = None,
+        history: HistorySource | None = None,
         max_skew: float = DEFAULT_MAX_SKEW,
         clock: Callable[[], float] = time.time,
     ) -> None:
         _reject_wildcard(address)
+        self._history = history
         self.cluster = cluster
         self.node = node
         self._secret = secret
@@ -120,7 +125,15 @@ class StatusApi:
         *,
         allowed_clients: Callable[[], Collection[str]] | None = None,
     ) -> StatusApi:
-        """Build the API of this node: bound to its private address and status_api.port."""
+        """Build the API of this node: bound to its private address and status_api.port.
+
+        `/v1/history` serves the history file in `paths.state_dir`.
+        """
+        history_store = HistoryStore(config.paths.state_dir)
+
+        def history() -> list[dict[str, Any]]:
+            return [record.to_json() for record in history_store.read().records]
+
         return cls(
             address=str(config.node.private_ip),
             port=config.status_api.port,
@@ -129,6 +142,7 @@ class StatusApi:
             secret=config.status_api.secret,
             snapshot=snapshot,
             allowed_clients=allowed_clients,
+            history=history,
         )
 
     @property
@@ -178,6 +192,8 @@ class StatusApi:
         if path == f"{API_PREFIX}/actions":
             listed = [{"name": a.name, "summary": a.summary, "timeout": a.timeout} for a in self.actions()]
             return HTTPStatus.OK, {"node": self.node, "actions": listed}
+        if path == f"{API_PREFIX}/history":
+            return self._history_response()
         if path not in (f"{API_PREFIX}/status", f"{API_PREFIX}/health", f"{API_PREFIX}/master"):
             return HTTPStatus.NOT_FOUND, {"error": f"no such path {path}; try {API_PREFIX}/status"}
         try:
@@ -185,14 +201,17 @@ class StatusApi:
         except Exception as error:
             log.exception("status API: the snapshot could not be taken")
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"snapshot unavailable: {type(error).__name__}"}
-        if path == f"{API_PREFIX}/status":
-            return HTTPStatus.OK, snapshot.to_dict()
-        if path == f"{API_PREFIX}/health":
-            status = HTTPStatus.OK if snapshot.healthy else HTTPStatus.SERVICE_UNAVAILABLE
-            return status, {"node": self.node, "healthy": snapshot.healthy, "reason": snapshot.reason}
-        is_master = snapshot.vrrp_state == "MASTER"
-        status = HTTPStatus.OK if is_master else HTTPStatus.SERVICE_UNAVAILABLE
-        return status, {"node": self.node, "vrrp_state": snapshot.vrrp_state}
+        return _snapshot_response(path, self.node, snapshot)
+
+    def _history_response(self) -> tuple[int, dict[str, Any]]:
+        if self._history is None:
+            return HTTPStatus.NOT_FOUND, {"error": f"{self.node} serves no history"}
+        try:
+            records = self._history()
+        except Exception as error:
+            log.exception("status API: the history could not be read")
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"history unavailable: {type(error).__name__}: {error}"}
+        return HTTPStatus.OK, {"node": self.node, "records": records}
 
     def handle_post(
         self, path: str, client: str, headers: dict[str, str], body: bytes
@@ -283,6 +302,17 @@ class _Server(ThreadingHTTPServer):
         if ":" in server_address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(server_address, handler)
+
+
+def _snapshot_response(path: str, node: str, snapshot: NodeSnapshot) -> tuple[int, dict[str, Any]]:
+    """Answer /v1/status with the snapshot, /v1/health and /v1/master with 200 or 503."""
+    if path == f"{API_PREFIX}/status":
+        return HTTPStatus.OK, snapshot.to_dict()
+    if path == f"{API_PREFIX}/health":
+        status = HTTPStatus.OK if snapshot.healthy else HTTPStatus.SERVICE_UNAVAILABLE
+        return status, {"node": node, "healthy": snapshot.healthy, "reason": snapshot.reason}
+    status = HTTPStatus.OK if snapshot.vrrp_state == "MASTER" else HTTPStatus.SERVICE_UNAVAILABLE
+    return status, {"node": node, "vrrp_state": snapshot.vrrp_state}
 
 
 def _reject_wildcard(address: str) -> None:

@@ -21,6 +21,7 @@ from mailcow_ha.agent.apiauth import signed_headers
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.statusapi import API_PREFIX
 from mailcow_ha.errors import MailcowHaError, Refused
+from mailcow_ha.failover.history import FailoverRecord
 
 if TYPE_CHECKING:
     from mailcow_ha.config import NodeConfig
@@ -77,6 +78,22 @@ class StatusClient:
             raise StatusApiError(
                 f"status of {where} is not a snapshot this version reads ({error}); upgrade mailcow-ha on every node"
             ) from None
+
+    def history(self, address: str, *, node: str = "", port: int | None = None) -> list[FailoverRecord]:
+        """Fetch a member's failover history, oldest first. Records this version cannot read are skipped."""
+        where = _describe(node, address, port or self.port)
+        status, payload = self._request(
+            "GET", address, port, f"{API_PREFIX}/history", body=None, read_timeout=self.timeout, where=where
+        )
+        if status != 200:
+            raise StatusApiError(f"history of {where} failed: HTTP {status}: {_error_text(payload)}", status=status)
+        records = []
+        for item in payload.get("records", []):
+            try:
+                records.append(FailoverRecord.from_json(item))
+            except (KeyError, TypeError, ValueError):
+                log.warning("history of %s: skipped a record this version cannot read", where)
+        return records
 
     def call(
         self,

@@ -1,0 +1,169 @@
+"""Gather the cluster's state for `mailcow-ha status`: every member's snapshot and the cloud's holders.
+
+Snapshots come from every member's status API in parallel, each request bounded by the client's
+timeout. The floating IPs' and the shared volume's holders come from the Hetzner Cloud API (a
+few read requests, skipped with `--no-cloud`), because the API's routing is what matters when
+it disagrees with keepalived. Nothing here decides; `ops.statuscheck` turns the result into
+problems.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from mailcow_ha.agent.snapshot import NodeSnapshot
+from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.config import NodeConfig, PeerSettings
+from mailcow_ha.deadline import Deadline
+from mailcow_ha.errors import MailcowHaError
+from mailcow_ha.failover.history import FailoverRecord
+
+if TYPE_CHECKING:
+    from mailcow_ha.adapters.hetzner import CloudHolders, ServerInfo
+
+log = logging.getLogger(__name__)
+
+CLOUD_READ_TIMEOUT = 15.0
+"""Upper bound in seconds on the cloud reads of one `status` run."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A cluster member as listed in this node's config or learned by membership sync."""
+
+    name: str
+    index: int
+    address: str
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """A member and what its status API returned: a snapshot, or the error that prevented one."""
+
+    member: Member
+    snapshot: NodeSnapshot | None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+
+@dataclass(frozen=True)
+class CloudStatus:
+    """Holders of the floating IPs and the shared volume according to the Hetzner Cloud API.
+
+    Holders are node names. A server the cluster does not know is shown as `server <id>`, and
+    None means the resource is on no server.
+    """
+
+    floating_ips: dict[int, str | None] = field(default_factory=dict)
+    floating_ip_addresses: dict[int, str] = field(default_factory=dict)
+    volume_id: int = 0
+    volume_holder: str | None = None
+    error: str | None = None
+    """Set when the API could not be read; the holders are then empty."""
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """Everything `status` shows, observed from one node at one time."""
+
+    cluster: str
+    observer: str
+    observed_at: float
+    members: tuple[MemberStatus, ...]
+    cloud: CloudStatus | None
+    """None when the cloud API was not queried."""
+    last_move: FailoverRecord | None = None
+    """The newest failover or switchover in any member's history (see ops.history)."""
+
+
+def members_of(config: NodeConfig, learned: Sequence[PeerSettings] = ()) -> list[Member]:
+    """Return the cluster's members: those learned by membership sync, else the config's peers.
+
+    With neither, the node itself is the only member returned.
+    """
+    peers = list(learned) or list(config.peers)
+    if not peers:
+        return [Member(config.node.name, config.node.index, str(config.node.private_ip))]
+    return sorted((Member(peer.name, peer.index, str(peer.private_ip)) for peer in peers), key=lambda m: m.index)
+
+
+def fetch_snapshots(client: StatusClient, members: Sequence[Member]) -> tuple[MemberStatus, ...]:
+    """Read every member's snapshot in parallel; an unreachable member gets its error instead."""
+
+    def fetch(member: Member) -> MemberStatus:
+        try:
+            return MemberStatus(member, client.status(member.address, node=member.name))
+        except MailcowHaError as error:
+            log.info("status of %s unavailable: %s", member.name, error)
+            return MemberStatus(member, None, str(error))
+
+    if not members:
+        return ()
+    with ThreadPoolExecutor(max_workers=min(len(members), 9), thread_name_prefix="status") as pool:
+        return tuple(pool.map(fetch, members))
+
+
+class CloudApi(Protocol):
+    """The part of adapters.hetzner.HetznerCloud that status and gc read."""
+
+    def holders(self, deadline: Deadline) -> CloudHolders: ...
+
+    def cluster_servers(self, cluster: str, deadline: Deadline) -> list[ServerInfo]: ...
+
+
+class CloudReader:
+    """The cloud reads of `status` and `gc`: holders and the cluster's server names."""
+
+    def __init__(self, config: NodeConfig, cloud: CloudApi) -> None:
+        self._config = config
+        self._cloud = cloud
+
+    def read(self, timeout: float = CLOUD_READ_TIMEOUT) -> CloudStatus:
+        settings = self._config.hetzner
+        addresses = {
+            fip_id: str(address)
+            for fip_id, address in zip(settings.floating_ip_ids, settings.floating_ips, strict=False)
+        }
+        deadline = Deadline.after("reading floating IP and volume holders", timeout)
+        try:
+            servers = self._cloud.cluster_servers(self._config.cluster, deadline)
+            holders = self._cloud.holders(deadline)
+        except MailcowHaError as error:
+            log.warning("cloud holders unavailable: %s", error)
+            return CloudStatus(floating_ip_addresses=addresses, volume_id=settings.shared_volume_id, error=str(error))
+        names = {server.id: server.name for server in servers}
+
+        def name_of(server_id: int | None) -> str | None:
+            if server_id is None:
+                return None
+            return names.get(server_id, f"server {server_id}")
+
+        return CloudStatus(
+            floating_ips={fip_id: name_of(holder) for fip_id, holder in holders.floating_ips.items()},
+            floating_ip_addresses=addresses,
+            volume_id=settings.shared_volume_id,
+            volume_holder=name_of(holders.volumes.get(settings.shared_volume_id)),
+        )
+
+
+def gather(
+    config: NodeConfig,
+    client: StatusClient,
+    *,
+    cloud: CloudReader | None,
+    learned: Sequence[PeerSettings] = (),
+    clock: Callable[[], float] = time.time,
+) -> ClusterStatus:
+    """Collect the members' snapshots and the cloud's holders as seen from this node."""
+    members = members_of(config, learned)
+    statuses = fetch_snapshots(client, members)
+    cloud_status = cloud.read() if cloud is not None else None
+    return ClusterStatus(config.cluster, config.node.name, clock(), statuses, cloud_status)
