@@ -101,7 +101,10 @@ def container_info(data: dict[str, Any]) -> ContainerInfo:
         restart_count=int(data.get("RestartCount") or 0),
         exit_code=int(state.get("ExitCode") or 0),
         depends_on=parse_depends_on(labels.get(DEPENDS_ON_LABEL)),
-        stop_timeout=float(stop_timeout) if isinstance(stop_timeout, int | float) else DEFAULT_STOP_TIMEOUT,
+        # podman's compatibility API reports 0 when the container sets no StopTimeout.
+        stop_timeout=float(stop_timeout)
+        if isinstance(stop_timeout, int | float) and stop_timeout > 0
+        else DEFAULT_STOP_TIMEOUT,
     )
 
 

@@ -171,9 +171,13 @@ class HistoryStore:
         records = [FailoverRecord.from_json(record) for record in result.value["records"]]
         return HistoryRead(records, result.problem)
 
+    def new_record(self, kind: RecordKind, node: str, reason: str) -> FailoverRecord:
+        """Return a new `running` record starting now, without writing it."""
+        return FailoverRecord(secrets.token_hex(6), kind, node, reason, self._clock())
+
     def start(self, kind: RecordKind, node: str, reason: str) -> FailoverRecord:
         """Write a new `running` record and return it."""
-        record = FailoverRecord(secrets.token_hex(6), kind, node, reason, self._clock())
+        record = self.new_record(kind, node, reason)
         self.save(record)
         return record
 
@@ -200,11 +204,23 @@ class HistoryStore:
         error: str | None = None,
     ) -> FailoverRecord:
         """Write the end of a record and return the finished record."""
-        finished = replace(
-            record, outcome=outcome, finished_at=self._clock(), steps=steps, failed_step=failed_step, error=error
-        )
+        finished = self.ended(record, outcome, steps, failed_step=failed_step, error=error)
         self.save(finished)
         return finished
+
+    def ended(
+        self,
+        record: FailoverRecord,
+        outcome: RecordOutcome,
+        steps: tuple[StepTiming, ...],
+        *,
+        failed_step: str | None = None,
+        error: str | None = None,
+    ) -> FailoverRecord:
+        """Return `record` ended now with `outcome`, without writing it."""
+        return replace(
+            record, outcome=outcome, finished_at=self._clock(), steps=steps, failed_step=failed_step, error=error
+        )
 
     def close_interrupted(self) -> list[FailoverRecord]:
         """Mark every `running` record as `interrupted` and return them.

@@ -120,8 +120,12 @@ class Promoter:
             with steps.step("breaker"):
                 self._check_breaker(kind, ignore_breaker, reason)
 
-            record = self._history.start(kind, node, reason)
-            write_failover_start(self._config.paths.state_dir, record.started_at, record.id)
+            record = self._history.new_record(kind, node, reason)
+            self._write_state("its history record", lambda: self._history.save(record))
+            self._write_state(
+                "the failover start time",
+                lambda: write_failover_start(self._config.paths.state_dir, record.started_at, record.id),
+            )
             self._alerter.send(AlertEvent.FAILOVER_STARTED, f"promote of {node} started: {reason}")
 
             self._take_over(token, total, steps)
@@ -130,7 +134,8 @@ class Promoter:
             raise
 
         assert record is not None
-        finished = self._history.finish(record, RecordOutcome.SUCCEEDED, steps.steps)
+        finished = self._history.ended(record, RecordOutcome.SUCCEEDED, steps.steps)
+        self._write_state("its history record", lambda: self._history.save(finished))
         message = f"{node} is now the master; promote took {finished.duration or 0.0:.1f} s"
         log.info("%s", message)
         self._alerter.send(AlertEvent.FAILOVER_SUCCEEDED, message, steps.durations())
@@ -220,8 +225,31 @@ class Promoter:
 
     # --- breaker, history, failure --------------------------------------------------------------
 
-    def _close_interrupted(self) -> None:
+    def _write_state(self, what: str, write: Callable[[], None]) -> None:
+        """Write a state file; a failure is alerted but does not stop the promote.
+
+        A broken state directory must not keep mail down: the data is fenced by the cloud API,
+        multi-mount protection and the marker, not by these files.
+        """
         try:
+            write()
+        except StateError as error:
+            message = (
+                f"promote of {self._config.node.name} could not write {what}: {error}; the promote continues, "
+                "but the circuit breaker and the health check's grace period cannot rely on it"
+            )
+            log.error("%s", message)
+            self._alerter.send(AlertEvent.STATE_CORRUPT, message)
+
+    def _close_interrupted(self) -> None:
+        """Mark records left `running` by a dead process; alert when the history was corrupt."""
+        try:
+            read = self._history.read()
+            if read.problem is not None:
+                # Reading moved the corrupt file aside, so the breaker will find no history.
+                self._alerter.send(
+                    AlertEvent.STATE_CORRUPT, f"{read.problem}; the circuit breaker allows this failover"
+                )
             self._history.close_interrupted()
         except StateError as error:
             log.error("history could not be checked for interrupted transitions: %s", error)
@@ -255,14 +283,15 @@ class Promoter:
             # The demoter already logged and alerted DEMOTE_FAILED; the promote's own error is raised.
             log.error("release after the %s promote failed: %s", result, release_error)
         if record is not None:
+            ended = self._history.ended(
+                record,
+                _RECORD_OUTCOME[result],
+                steps.steps,
+                failed_step=steps.failed_step,
+                error=str(error) or type(error).__name__,
+            )
             try:
-                self._history.finish(
-                    record,
-                    _RECORD_OUTCOME[result],
-                    steps.steps,
-                    failed_step=steps.failed_step,
-                    error=str(error) or type(error).__name__,
-                )
+                self._history.save(ended)
             except StateError as state_error:
                 log.error("promote history record %s could not be finished: %s", record.id, state_error)
         if isinstance(error, Superseded | BreakerOpen):

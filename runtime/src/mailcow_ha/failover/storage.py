@@ -263,6 +263,13 @@ class SharedVolume:
             )
 
     def _unmount_top(self, top: MountEntry, deadline: Deadline, done: list[str]) -> None:
+        # The by-id link may be gone (the volume was detached under a live mount), so the mount
+        # is recognised by its type. Other file systems are not ours to stop and unmount.
+        if top.fstype != FILESYSTEM:
+            raise BlockDeviceError(
+                f"{self.mount_point} has {top.source} ({top.fstype}) mounted on it, not the shared volume; "
+                "demote leaves it alone. Unmount it by hand and check paths.mount_point"
+            )
         if top.device_number == os.stat("/").st_dev:
             raise BlockDeviceError(
                 f"{self.mount_point} shows the root file system ({top.source}); demote does not stop the "
