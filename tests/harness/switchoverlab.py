@@ -1,6 +1,6 @@
 """Real keepalived elections driven by stand-in agents, for switchover tests and benchmarks.
 
-Each `StandInAgent` does what the node agent does around keepalived, and nothing else: it reads
+Each `StandInAgent` does what the node agent does around keepalived, and nothing else. It reads
 keepalived's notify FIFO into a real TransitionRunner, writes the track file from its verdict
 (with the switchover hold applied on top), and serves a real StatusApi with the switchover
 actions on a loopback address. Promote and demote are simulated by sleeps of configurable
@@ -56,9 +56,9 @@ class Timeline:
     events: list[tuple[float, str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, node: str, what: str) -> None:
+    def add(self, node: str, event: str) -> None:
         with self.lock:
-            self.events.append((time.monotonic(), node, what))
+            self.events.append((time.monotonic(), node, event))
 
     def since(self, start: float) -> list[tuple[float, str, str]]:
         with self.lock:
@@ -67,23 +67,23 @@ class Timeline:
     def max_serving_at_once(self) -> int:
         """Return the largest number of nodes that served at the same time."""
         serving: set[str] = set()
-        most = 0
+        maximum = 0
         with self.lock:
-            for _, node, what in sorted(self.events):
-                if what == "serving":
+            for _, node, event in sorted(self.events):
+                if event == "serving":
                     serving.add(node)
-                elif what == "stopped":
+                elif event == "stopped":
                     serving.discard(node)
-                most = max(most, len(serving))
-        return most
+                maximum = max(maximum, len(serving))
+        return maximum
 
     def gap(self, start: float) -> float | None:
-        """Return how long nobody served, from the first stop after `start` to the next start."""
+        """Return how long no node served, from the first stop after `start` to the next start."""
         stopped_at = None
-        for moment, _, what in self.since(start):
-            if what == "stopped" and stopped_at is None:
+        for moment, _, event in self.since(start):
+            if event == "stopped" and stopped_at is None:
                 stopped_at = moment
-            elif what == "serving" and stopped_at is not None:
+            elif event == "serving" and stopped_at is not None:
                 return moment - stopped_at
         return None
 
@@ -316,7 +316,9 @@ class SwitchoverLab:
 
     def log_tails(self) -> str:
         """Return the end of every node's keepalived log, for failure messages."""
-        return "\n".join(f"--- {agent.name} keepalived log ---\n{agent.vrrp.daemon.log_tail()}" for agent in self.agents)
+        return "\n".join(
+            f"--- {agent.name} keepalived log ---\n{agent.vrrp.daemon.log_tail()}" for agent in self.agents
+        )
 
     def close(self) -> None:
         for agent in self.agents:
