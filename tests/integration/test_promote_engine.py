@@ -1,0 +1,94 @@
+"""The engine adapter against podman's Docker API: compose labels, start order, health, stop, events."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from harness.podman import MAILCOW_SERVICES, HealthDriver, MailcowProject, PodmanService, wait_for
+from mailcow_ha.adapters.engine import ContainerEvent, Engine
+from mailcow_ha.deadline import Deadline
+from mailcow_ha.errors import EngineError
+from mailcow_ha.failover.containers import ProjectContainers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[PodmanService]:
+    service = PodmanService.start()
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def project(podman: PodmanService) -> Iterator[MailcowProject]:
+    created = MailcowProject.create(podman, f"mcha{secrets.token_hex(4)}")
+    try:
+        yield created
+    finally:
+        created.remove()
+
+
+@pytest.fixture
+def engine(podman: PodmanService) -> Iterator[Engine]:
+    adapter = Engine(podman.base_url, request_timeout=10)
+    yield adapter
+    adapter.close()
+
+
+def test_lists_project_by_label(engine: Engine, project: MailcowProject) -> None:
+    containers = engine.project_containers(project.name)
+
+    assert sorted(container.service for container in containers) == sorted(MAILCOW_SERVICES)
+    assert all(container.status == "created" for container in containers)
+    nginx = next(container for container in containers if container.service == "nginx-mailcow")
+    assert set(nginx.depends_on) == {"php-fpm-mailcow", "redis-mailcow"}
+    assert engine.project_containers("mcha-no-such-project") == []
+
+
+def test_start_wait_stop(engine: Engine, project: MailcowProject, podman: PodmanService) -> None:
+    containers = ProjectContainers(engine, project.name, list(MAILCOW_SERVICES))
+
+    started = containers.start(Deadline.after("start", 30), lambda: None)
+    with HealthDriver(podman, project.name):
+        reason = containers.wait_ready(Deadline.after("healthy", 30), lambda: None, threading.Event().wait)
+    stopped = containers.stop(Deadline.after("stop", 30))
+
+    assert len(started) == len(MAILCOW_SERVICES)
+    assert "running and healthy" in reason
+    assert sorted(stopped) == sorted(project.containers.values())
+    assert project.running() == []
+    assert containers.stop(Deadline.after("stop", 30)) == []
+
+
+def test_events_report_death(engine: Engine, project: MailcowProject, podman: PodmanService) -> None:
+    stream = engine.events(project.name)
+    seen: list[ContainerEvent] = []
+
+    def read() -> None:
+        try:
+            for event in stream:
+                seen.append(event)
+        except EngineError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    redis = project.containers["redis-mailcow"]
+    podman.client.start(redis)
+    podman.client.kill(redis, signal="SIGKILL")
+
+    wait_for(lambda: any(event.action == "die" for event in seen), 20, "a die event for redis-mailcow")
+    stream.close()
+    reader.join(10)
+
+    die = next(event for event in seen if event.action == "die")
+    assert die.service == "redis-mailcow"
+    assert die.name == redis
+    assert any(event.action == "start" for event in seen)
