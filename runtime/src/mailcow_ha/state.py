@@ -31,6 +31,8 @@ MAINTENANCE_FILE = "maintenance.json"
 """Maintenance mode: when it was switched on and when it expires."""
 FAILOVER_START_FILE = "failover-start.json"
 """When the current promote started; the health check's grace period counts from it."""
+MEMBERS_FILE = "members.json"
+"""The cluster's members and this server's id, as the last membership sync learned them from the API."""
 
 
 @dataclass(frozen=True)

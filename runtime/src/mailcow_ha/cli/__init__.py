@@ -22,7 +22,22 @@ log = logging.getLogger(__name__)
 
 # Modules under mailcow_ha.cli that define `register(subparsers)`. Each subcommand's parser
 # sets `handler`, a callable taking the argparse.Namespace and returning an ExitCode.
-COMMAND_MODULES = ("validate", "data", "render", "galera", "db", "backup", "kuma")
+COMMAND_MODULES = (
+    "validate",
+    "data",
+    "failover",
+    "render",
+    "status",
+    "history",
+    "switchover",
+    "galera",
+    "db",
+    "backup",
+    "kuma",
+    "agent",
+    "maintenance",
+    "peers",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,115 @@
+"""The agent's pure decisions: what to do after a restart, which role the node has, when keepalived is gone.
+
+Each function takes what the agent read and returns an action with a reason string, which the
+agent logs once and tests assert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailcow_ha.failover.transitions import TransitionAction, TransitionResult, TransitionStatus, VrrpState
+from mailcow_ha.health.verdict import Role
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """The plan of a starting agent for keepalived's current state."""
+
+    state: VrrpState | None
+    """The state the node is in, as far as the agent can tell; None when unknown."""
+    submit: bool
+    """Run the transition for `state` now."""
+    verify_master: bool
+    """Check the master's service first and promote only if it is not complete."""
+    reason: str
+
+
+def plan_resume(buffered: Sequence[VrrpState], dumped: VrrpState | None, *, keepalived_running: bool) -> ResumePlan:
+    """Decide how a starting agent re-learns the node's VRRP state before acting.
+
+    `buffered` are the states keepalived wrote into the FIFO while no agent read it. No agent
+    handled those transitions, so the newest one runs. Otherwise keepalived's data dump gives the state.
+    A MASTER is verified first, because a healthy master needs nothing and a promote would move
+    nothing but cost API calls; any other state gets a demote, which does nothing on a node that
+    serves nothing.
+    """
+    if buffered:
+        newest = buffered[-1]
+        return ResumePlan(
+            newest,
+            True,
+            False,
+            f"{len(buffered)} keepalived transition(s) waited in the FIFO; acting on the newest, {newest}",
+        )
+    if not keepalived_running:
+        return ResumePlan(VrrpState.STOP, True, False, "keepalived is not running, so this node must serve nothing")
+    if dumped is None:
+        return ResumePlan(
+            None, False, False, "keepalived's state is unknown (no usable data dump); waiting for its next transition"
+        )
+    if dumped is VrrpState.MASTER:
+        return ResumePlan(dumped, False, True, "keepalived is MASTER; checking the service before acting")
+    return ResumePlan(
+        dumped, True, False, f"keepalived is {dumped}; demote makes sure nothing of the service runs here"
+    )
+
+
+def plan_master_resume(failing: Sequence[str]) -> tuple[bool, str]:
+    """After a restart as MASTER: promote again only when the service is incomplete. Returns (promote, reason)."""
+    if failing:
+        return True, f"the master's service is incomplete ({', '.join(failing)}); promote runs again to complete it"
+    return False, "the master's service is complete; nothing to do"
+
+
+def derive_role(state: VrrpState | None, status: TransitionStatus, *, resumed_master: bool) -> Role:
+    """Return what the node should look like now.
+
+    A transition that runs or waits makes the node TRANSITION. MASTER counts as MASTER only after
+    a promote succeeded, or after a restarted agent verified the running service. A failed or
+    superseded promote leaves it TRANSITION until keepalived reports the state that follows.
+    """
+    if state is None:
+        return Role.UNKNOWN
+    if status.running is not None or status.pending is not None:
+        return Role.TRANSITION
+    if state is not VrrpState.MASTER:
+        return Role.STANDBY
+    last = status.last
+    if last is None:
+        return Role.MASTER if resumed_master else Role.TRANSITION
+    if last.action is TransitionAction.PROMOTE and last.result is TransitionResult.SUCCEEDED:
+        return Role.MASTER
+    return Role.TRANSITION
+
+
+def failed_promote(status: TransitionStatus, *, now: float, hold: float) -> str | None:
+    """Return the error of a promote that failed or was refused less than `hold` seconds ago."""
+    last = status.last
+    if last is None or last.action is not TransitionAction.PROMOTE:
+        return None
+    if last.result not in (TransitionResult.FAILED, TransitionResult.REFUSED):
+        return None
+    if now - last.finished_at >= hold:
+        return None
+    return last.message
+
+
+@dataclass(frozen=True)
+class KeepalivedWatch:
+    """How many consecutive checks found keepalived not running."""
+
+    misses: int = 0
+
+
+def note_keepalived(watch: KeepalivedWatch, running: bool, *, misses_to_stop: int = 2) -> tuple[KeepalivedWatch, bool]:
+    """Count checks that found no keepalived; return the new count and whether to act as STOP now.
+
+    Two misses in a row are needed, so that a pid file being rewritten during a restart does not
+    demote a healthy master. The action fires once per disappearance.
+    """
+    if running:
+        return KeepalivedWatch(0), False
+    misses = watch.misses + 1
+    return KeepalivedWatch(misses), misses == misses_to_stop

@@ -1,0 +1,233 @@
+"""The container probe: on the master every critical container runs and is healthy; on a standby none runs.
+
+mailcow's own watchdog and the engine's restart policies restart containers, so a restart is
+tolerated up to `restart_tolerance` times inside `restart_window`. A container that died and
+that its restart policy will bring back counts as restarting for up to `restart_wait` seconds.
+One stopped on purpose (a stop or SIGKILL through the engine), or one without such a policy,
+fails at once. Deaths are counted from the engine's `die` events and, for restarts the event
+stream missed, from the containers' RestartCount.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from mailcow_ha.adapters.engine import ContainerEvent, ContainerInfo, Engine
+from mailcow_ha.deadline import Clock, Deadline
+from mailcow_ha.errors import MailcowHaError
+from mailcow_ha.health.verdict import CONTAINERS, ProbeResult, Role
+
+RESTARTING_POLICIES = ("always", "unless-stopped")
+_PURPOSEFUL_STOP_WINDOW = 15.0
+"""A `die` within this many seconds of a `stop` or `kill` event of the same container was on purpose."""
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """The probe's view of one critical compose service."""
+
+    service: str
+    container: ContainerInfo | None
+    restarts: int = 0
+    """Deaths of the service's containers inside the restart window."""
+    died_for: float | None = None
+    """Seconds since the latest death, None if none was seen."""
+    stopped_on_purpose: bool = False
+
+
+def will_restart(container: ContainerInfo, *, stopped_on_purpose: bool) -> bool:
+    """Return whether the engine restarts this stopped container by itself."""
+    if stopped_on_purpose:
+        return False
+    if container.restart_policy in RESTARTING_POLICIES:
+        return True
+    return container.restart_policy == "on-failure" and container.exit_code != 0
+
+
+def evaluate_service(state: ServiceState, *, tolerance: int, window: float, restart_wait: float) -> str | None:
+    """Return why the service fails on the master, or None when it passes."""
+    container = state.container
+    if container is None:
+        return f"{state.service}: no container"
+    if state.restarts > tolerance:
+        return f"{state.service}: restarted more than {tolerance} times in {window:g} s"
+    if container.running:
+        return f"{state.service}: unhealthy" if container.health == "unhealthy" else None
+    restarting = container.status == "restarting" or (
+        will_restart(container, stopped_on_purpose=state.stopped_on_purpose)
+        and state.died_for is not None
+        and state.died_for <= restart_wait
+    )
+    if restarting:
+        return None
+    return f"{state.service}: {container.status} (exit code {container.exit_code})"
+
+
+def evaluate_master(
+    states: Sequence[ServiceState], *, tolerance: int, window: float, restart_wait: float
+) -> tuple[bool, str]:
+    """Judge the critical services on the master; the detail lists every failing one."""
+    problems = [
+        problem
+        for state in states
+        if (problem := evaluate_service(state, tolerance=tolerance, window=window, restart_wait=restart_wait))
+    ]
+    if problems:
+        return False, ", ".join(sorted(problems))
+    restarting = [state.service for state in states if state.container is not None and not state.container.running]
+    if restarting:
+        return True, f"{len(states)} critical services, restarting: {', '.join(sorted(restarting))}"
+    return True, f"{len(states)} critical services running"
+
+
+def evaluate_standby(containers: Iterable[ContainerInfo]) -> tuple[bool, str]:
+    """Judge a standby, which must run no container of the project (it would write to a volume it does not own)."""
+    running = sorted(container.name for container in containers if container.status in ("running", "restarting"))
+    if running:
+        return False, f"running on a standby: {', '.join(running)}"
+    return True, "no project container runs"
+
+
+def pick_container(candidates: Sequence[ContainerInfo]) -> ContainerInfo | None:
+    """Choose the container that represents a service: a ready one, else a running one, else the first."""
+    for accept in (lambda c: c.ready, lambda c: c.running, lambda c: True):
+        for container in candidates:
+            if accept(container):
+                return container
+    return None
+
+
+class RestartTracker:
+    """Deaths per service inside a sliding window, from events and from RestartCount.
+
+    Events arrive on the agent's main thread while a probe run polls on a worker thread, so
+    every method holds one lock.
+    """
+
+    def __init__(self, window: float, clock: Clock = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._deaths: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._restart_counts: dict[str, int] = {}
+        self._deaths_since_poll: defaultdict[str, int] = defaultdict(int)
+        self._stopped_at: dict[str, float] = {}
+        self._latest_death: dict[str, tuple[str, float]] = {}
+        self._service_of: dict[str, str] = {}
+
+    def note_event(self, event: ContainerEvent) -> None:
+        with self._lock:
+            self._note_event(event)
+
+    def _note_event(self, event: ContainerEvent) -> None:
+        now = self._clock()
+        service = event.service or self._service_of.get(event.container_id, "")
+        if event.action in ("stop", "kill"):
+            self._stopped_at[event.container_id] = now
+        elif event.action == "die" and service:
+            self._deaths[service].append(now)
+            self._deaths_since_poll[event.container_id] += 1
+            self._latest_death[service] = (event.container_id, now)
+        elif event.action == "start":
+            self._stopped_at.pop(event.container_id, None)
+
+    def note_poll(self, containers: Iterable[ContainerInfo]) -> None:
+        """Count restarts that RestartCount shows but no `die` event reported."""
+        with self._lock:
+            self._note_poll(containers)
+
+    def _note_poll(self, containers: Iterable[ContainerInfo]) -> None:
+        now = self._clock()
+        for container in containers:
+            self._service_of[container.id] = container.service
+            previous = self._restart_counts.get(container.id)
+            self._restart_counts[container.id] = container.restart_count
+            if previous is None:
+                continue
+            unseen = container.restart_count - previous - self._deaths_since_poll.pop(container.id, 0)
+            for _ in range(max(0, unseen)):
+                self._deaths[container.service].append(now)
+
+    def state(self, service: str, container: ContainerInfo | None) -> ServiceState:
+        with self._lock:
+            return self._state(service, container)
+
+    def _state(self, service: str, container: ContainerInfo | None) -> ServiceState:
+        now = self._clock()
+        deaths = self._deaths[service]
+        while deaths and deaths[0] < now - self.window:
+            deaths.popleft()
+        latest = self._latest_death.get(service)
+        died_for = None if latest is None else now - latest[1]
+        stopped_on_purpose = False
+        if container is not None and latest is not None:
+            stopped_at = self._stopped_at.get(container.id)
+            stopped_on_purpose = stopped_at is not None and abs(latest[1] - stopped_at) <= _PURPOSEFUL_STOP_WINDOW
+        return ServiceState(service, container, len(deaths), died_for, stopped_on_purpose)
+
+
+class ContainerProbe:
+    """Lists the compose project's containers through the engine and judges them for the role."""
+
+    name = CONTAINERS
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        project: str,
+        critical_services: Sequence[str],
+        interval: float,
+        tolerance: int,
+        window: float,
+        restart_wait: float,
+        clock: Clock = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.project = project
+        self.critical_services = tuple(critical_services)
+        self.interval = interval
+        self.tolerance = tolerance
+        self.window = window
+        self.restart_wait = restart_wait
+        self.tracker = RestartTracker(window, clock)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.last_containers: tuple[ContainerInfo, ...] = ()
+        self.last_states: tuple[ServiceState, ...] = ()
+
+    def note_event(self, event: ContainerEvent) -> None:
+        """Record an engine event (thread-safe: `check` may run meanwhile on a probe worker)."""
+        self.tracker.note_event(event)
+
+    def check(self, role: Role, deadline: Deadline) -> ProbeResult:
+        started = self._clock()
+        try:
+            containers = self.engine.project_containers(self.project)
+        except MailcowHaError as error:
+            return ProbeResult(
+                CONTAINERS, False, f"engine unreachable: {error}", self._wall_clock(), self._clock() - started
+            )
+        self.tracker.note_poll(containers)
+        self.last_containers = tuple(containers)
+        if role is Role.MASTER:
+            by_service: defaultdict[str, list[ContainerInfo]] = defaultdict(list)
+            for container in containers:
+                by_service[container.service].append(container)
+            states = tuple(
+                self.tracker.state(service, pick_container(by_service.get(service, [])))
+                for service in self.critical_services
+            )
+            self.last_states = states
+            ok, detail = evaluate_master(
+                states, tolerance=self.tolerance, window=self.window, restart_wait=self.restart_wait
+            )
+        else:
+            self.last_states = ()
+            ok, detail = evaluate_standby(containers)
+        return ProbeResult(CONTAINERS, ok, detail, self._wall_clock(), self._clock() - started)

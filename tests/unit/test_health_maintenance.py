@@ -1,0 +1,115 @@
+"""Maintenance mode: durations, switching on and off, expiry, and damaged state files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailcow_ha import state
+from mailcow_ha.ops.maintenance import (
+    MaintenanceInputError,
+    describe,
+    mark_expiry_alerted,
+    parse_duration,
+    read_maintenance,
+    switch_off,
+    switch_on,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("30m", 1800.0),
+        ("2h", 7200.0),
+        ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        (" 1.5h ", 5400.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("30x", "invalid"),
+        ("m30", "invalid"),
+        ("1h 30m", "invalid"),
+        ("0", "more than zero"),
+        ("-5m", "invalid"),
+        ("8d", "maximum of 7 days"),
+        ("nan", "more than zero"),
+    ],
+)
+def test_parse_duration_rejects(text: str, message: str) -> None:
+    with pytest.raises(MaintenanceInputError, match=message):
+        parse_duration(text)
+
+
+def test_switch_on_and_off(tmp_path: Path) -> None:
+    window = switch_on(tmp_path, duration=600, reason="mailcow update", now=1000.0)
+    stored, problem = read_maintenance(tmp_path)
+
+    assert stored == window
+    assert problem is None
+    assert stored is not None
+    assert stored.active(1599.0)
+    assert not stored.active(1600.0)
+    assert switch_off(tmp_path)
+    assert not switch_off(tmp_path)
+    assert read_maintenance(tmp_path) == (None, None)
+
+
+def test_until_switched_off(tmp_path: Path) -> None:
+    window = switch_on(tmp_path, duration=None, now=1000.0)
+
+    assert window.active(10**10)
+    assert describe(window, 2000.0).startswith("on since ")
+
+
+def test_describe_states() -> None:
+    assert describe(None, 0) == "off"
+
+
+def test_expiry_alert_recorded_once(tmp_path: Path) -> None:
+    window = switch_on(tmp_path, duration=60, now=1000.0)
+
+    updated = mark_expiry_alerted(tmp_path, window)
+    stored, _ = read_maintenance(tmp_path)
+
+    assert updated.expiry_alerted
+    assert stored is not None
+    assert stored.expiry_alerted
+    assert "expired at" in describe(stored, 2000.0)
+
+
+def test_expiry_mark_skips_replaced_window(tmp_path: Path) -> None:
+    old = switch_on(tmp_path, duration=60, now=1000.0)
+    switch_on(tmp_path, duration=60, now=5000.0)
+
+    mark_expiry_alerted(tmp_path, old)
+    stored, _ = read_maintenance(tmp_path)
+
+    assert stored is not None
+    assert not stored.expiry_alerted
+
+
+def test_corrupt_file_counts_as_off(tmp_path: Path) -> None:
+    (tmp_path / state.MAINTENANCE_FILE).write_text("{broken")
+
+    window, problem = read_maintenance(tmp_path)
+
+    assert window is None
+    assert problem is not None
+    assert "not valid JSON" in problem
+
+
+def test_reason_must_be_one_line(tmp_path: Path) -> None:
+    with pytest.raises(MaintenanceInputError, match="one line"):
+        switch_on(tmp_path, duration=60, reason="two\nlines")
