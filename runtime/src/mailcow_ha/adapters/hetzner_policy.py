@@ -67,9 +67,10 @@ def rate_limit_wait(limit: str | None, reset_in: float | None) -> float | None:
     """Return the seconds until a rate-limited request may pass, from the 429's headers.
 
     RateLimit-Reset is when the budget is full again, which can be an hour away. The API refills
-    the budget evenly (one request a second at 3600 an hour, per the Hetzner Cloud API reference,
-    "Rate Limiting"), so the next request may pass after 3600/limit seconds or at the reset,
-    whichever comes first. None when neither header can be used.
+    the budget evenly, one request a second at 3600 an hour, so the next request may pass after
+    3600/limit seconds or at the reset, whichever comes first. None when neither header can be used.
+    NOTE: the even refill is Hetzner's description of its limit; it was not measured here, only
+    against the fake, which models it.
     """
     slot: float | None = None
     if limit is not None and limit.isdigit() and int(limit) > 0:
