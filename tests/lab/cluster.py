@@ -286,6 +286,17 @@ class Lab:
         self.form_galera()
         self._phase("galera", started)
 
+        started = time.monotonic()
+        self.start_runtime()
+        self._phase("agents and keepalived", started)
+
+    def start_runtime(self, nodes: list[LabNode] | None = None) -> None:
+        """Start each node's agent, then its keepalived (the order of their systemd units)."""
+        for node in nodes or list(self.nodes.values()):
+            node.start_agent()
+        for node in nodes or list(self.nodes.values()):
+            node.start_keepalived()
+
     def form_galera(self) -> None:
         """First boot of Galera: node 1 bootstraps a new cluster, the others join it at once."""
         first = self.nodes[min(self.nodes)]

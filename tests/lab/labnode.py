@@ -95,6 +95,24 @@ class LabNode:
         self.engine.import_image(image_tar)
         self.engine.create_project(self.config.mailcow.critical_services)
 
+    def start_agent(self) -> None:
+        """Start the agent under a restart loop, as its systemd unit does (Restart=always, RestartSec=2).
+
+        Like the unit's RuntimeDirectory, the loop creates the run directory first, where keepalived
+        reads the health file and the FIFO.
+        """
+        script = (
+            f"install -d -m 0750 {self.config.paths.run_dir}; "
+            f'while :; do {RUNTIME_BIN / "mailcow-ha-agent"}; echo "agent exited with status $?"; sleep 2; done'
+        )
+        environment = {
+            "MAILCOW_HA_CONFIG": str(self.paths.config_file),
+            "PATH": f"{RUNTIME_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
+        self.machine.spawn(
+            "agent", ["env", *(f"{key}={value}" for key, value in environment.items()), "sh", "-c", script]
+        )
+
     def start_keepalived(self) -> None:
         """Start keepalived in the node with the rendered file, as its systemd unit would."""
         argv = [

@@ -153,15 +153,15 @@ def lab_node_config(
         "holders_term": 2.0,
     }
     document["health"] = {
-        "interval": 0.2,
-        "probe_timeout": 1.0,
+        "interval": 0.5,
+        "probe_timeout": 3.0,
         "failures_to_unhealthy": 2,
         "successes_to_healthy": 2,
         "grace_period": 30.0,
     }
     # keepalived in a network namespace gets no process events from the kernel, so the lab's
-    # nodes leave track_process out; no script runs, so an existing user does for script_user.
-    document["keepalived"].update({"agent_process": None, "script_user": "nobody"})
+    # nodes leave track_process out (the agent's guardian covers a hung agent instead).
+    document["keepalived"].update({"agent_process": None})
     document["galera"].update(
         {
             "data_dir": str(paths.galera_data_dir),

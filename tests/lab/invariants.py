@@ -1,0 +1,144 @@
+"""The invariants every scenario must keep, sampled every 100 ms, and the data checks after a fault.
+
+Sampled (InvariantSampler): the shared volume is mounted on at most one node; mailcow's
+containers run on at most one node; once a node has served for `route_bound` seconds, every
+floating IP routes to it. After a fault (check_mails, check_rows): every mail acknowledged
+before the fault is on the shared volume, and every acknowledged Galera row is in the database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.observe import LabView
+from lab.shell import LabError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant at one sample."""
+
+    time: float
+    """Monotonic time of the sample."""
+    rule: str
+    detail: str
+
+
+@dataclass
+class RouteTracker:
+    """Which node serves, and since when, across samples; the state the route rule needs."""
+
+    serving: str | None = None
+    since: float = 0.0
+
+
+def check_view(
+    view: LabView, tracker: RouteTracker, public_ips: Mapping[str, str], route_bound: float
+) -> list[Violation]:
+    """Return the invariants one sample breaks, updating `tracker` with who serves."""
+    violations = []
+    if len(view.mounted_on) > 1:
+        violations.append(
+            Violation(view.monotonic, "single-mount", f"shared volume mounted on {', '.join(view.mounted_on)}")
+        )
+    if len(view.serving) > 1:
+        violations.append(
+            Violation(view.monotonic, "single-serving", f"mailcow containers run on {', '.join(view.serving)}")
+        )
+    serving = view.serving[0] if len(view.serving) == 1 else None
+    if serving != tracker.serving:
+        tracker.serving, tracker.since = serving, view.monotonic
+    if serving is not None and view.monotonic - tracker.since > route_bound:
+        expected = public_ips[serving]
+        for address, next_hop in view.floating_ip_routes.items():
+            if next_hop != expected:
+                detail = (
+                    f"floating IP {address} routes to {next_hop or 'nowhere'} although {serving} ({expected}) "
+                    f"has served for {view.monotonic - tracker.since:.1f} s"
+                )
+                violations.append(Violation(view.monotonic, "route-follows-master", detail))
+    return violations
+
+
+@dataclass
+class InvariantSampler:
+    """Samples the lab every 100 ms in a thread, keeping every view and every violation."""
+
+    take_view: Callable[[], LabView]
+    public_ips: Mapping[str, str]
+    """Node name -> its public address, where the router must send the floating IPs."""
+    route_bound: float = 3.0
+    interval: float = SAMPLE_INTERVAL
+    views: list[LabView] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._tracker = RouteTracker()
+        self._thread = threading.Thread(target=self._run, name="lab-invariant-sampler", daemon=True)
+
+    def start(self) -> InvariantSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                view = self.take_view()
+            except (LabError, OSError) as error:
+                with self._lock:
+                    self.errors.append(f"{started:.3f}: {error}")
+                log.warning("invariant sample failed: %s", error)
+            else:
+                found = check_view(view, self._tracker, self.public_ips, self.route_bound)
+                with self._lock:
+                    self.views.append(view)
+                    self.violations.extend(found)
+                for violation in found:
+                    log.error("invariant %s broken: %s", violation.rule, violation.detail)
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def snapshot(self) -> tuple[list[LabView], list[Violation]]:
+        with self._lock:
+            return list(self.views), list(self.violations)
+
+    def max_gap(self) -> float:
+        """Return the longest time between two samples, which must stay near the interval."""
+        views, _ = self.snapshot()
+        gaps = [later.monotonic - earlier.monotonic for earlier, later in itertools.pairwise(views)]
+        return max(gaps, default=0.0)
+
+
+def mail_ids_on_volume(spool: Path) -> set[str]:
+    """Return the Message-IDs of the mails in the lab SMTP service's spool (`.../new`)."""
+    found = set()
+    for path in spool.iterdir():
+        for line in path.read_text(errors="replace").splitlines():
+            if line.lower().startswith("message-id:"):
+                found.add(line.split(":", 1)[1].strip())
+                break
+            if not line:
+                break
+    return found
+
+
+def missing(acknowledged: Iterable[str], present: set[str]) -> list[str]:
+    """Return the acknowledged keys that are not present, in acknowledgement order."""
+    return [key for key in acknowledged if key not in present]
