@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +14,10 @@ import pytest
 
 from harness.galera import INSTALL_DB, MARIADBD, RUN_AS, GaleraCluster, GaleraNode, galera_available
 from harness.nodeconfig import deep_update, node_config_dict
-from mailcow_ha.config import GaleraSettings, parse_config
+from mailcow_ha.agent.statusapi import StatusApi
+from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.cli.galera import serve_galera_actions
+from mailcow_ha.config import GaleraSettings, NodeConfig, parse_config
 from mailcow_ha.errors import DeadlineExceeded, Refused
 from mailcow_ha.mailcow import dbsetup, galera_ops
 from mailcow_ha.mailcow.bootstrap import BootstrapAction, FirstBootAction
@@ -112,21 +117,6 @@ def test_bootstrap_after_crash_picks_most_advanced(galera):
     galera.wait_healthy(timeout=60)
     for node in galera.nodes:
         assert count_rows(node, "two-and-three") >= 3, node.name
-
-
-def test_bootstrap_after_ordered_stop_uses_grastate(galera):
-    node1, node2, node3 = galera.nodes
-    write_rows(node1, "before-ordered-stop")
-    galera.stop_ordered([1, 3, 2])
-    members = local_members(galera)
-
-    plan = galera_ops.run_bootstrap(member_list(galera), transport_for(members), start_timeout=120.0)
-
-    assert plan.node == node2.name
-    assert f"{node2.name}: stopped" in plan.reason
-    assert "safe_to_bootstrap" in plan.reason
-    galera.wait_healthy(timeout=60)
-    assert count_rows(node3, "before-ordered-stop") >= 3
 
 
 def test_bootstrap_rejected_with_unreachable_member(galera):
@@ -258,3 +248,59 @@ def test_first_boot_forms_and_rejoins_cluster(new_cluster):
     assert decision.action is FirstBootAction.JOIN
     assert starts_of(members, node1) == [True, False]
     new_cluster.wait_healthy(timeout=60)
+
+
+def free_port(addresses: list[str]) -> int:
+    for _ in range(50):
+        port = random.randrange(20000, 60000)
+        try:
+            for address in addresses:
+                with socket.socket() as probe:
+                    probe.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port on {addresses}")
+
+
+def config_for(cluster: GaleraCluster, node: GaleraNode, port: int) -> NodeConfig:
+    document = node_config_dict(
+        cluster=cluster.name,
+        node={"name": node.name, "index": node.index, "private_ip": node.address},
+        peers=[{"name": peer.name, "index": peer.index, "private_ip": peer.address} for peer in cluster.nodes],
+    )
+    document = deep_update(document, "status_api", {"port": port, "secret": "status-api-test-secret"})
+    return parse_config(document)
+
+
+def test_bootstrap_after_ordered_stop_through_status_api(galera):
+    node1, node2, node3 = galera.nodes
+    write_rows(node1, "before-ordered-stop")
+    galera.stop_ordered([1, 2, 3])
+    members = local_members(galera)
+    port = free_port([node.address for node in galera.nodes])
+    # Over loopback the client's source address is 127.0.0.1, not the member's own address.
+    clients = {"127.0.0.1", *(node.address for node in galera.nodes)}
+    agent_api = StatusApi.from_config(
+        config_for(galera, node2, port), lambda: pytest.fail("no snapshot expected"), allowed_clients=lambda: clients
+    )
+    galera_ops.register_galera_actions(agent_api, members[node2.name])
+    agent_api.start()
+    try:
+        # Node 3 serves its actions the way `galera first-boot` does before its agent runs.
+        with serve_galera_actions(config_for(galera, node3, port), members[node3.name], allowed_clients=clients):
+            config = config_for(galera, node1, port)
+            transport = galera_ops.StatusApiTransport(config, members[node1.name], StatusClient.from_config(config))
+
+            plan = galera_ops.run_bootstrap(member_list(galera), transport, start_timeout=120.0)
+
+        assert plan.node == node3.name
+        assert f"{node3.name}: stopped" in plan.reason
+        assert "(grastate.dat) safe_to_bootstrap" in plan.reason
+        assert plan.joiners == (node1.name, node2.name)
+        assert starts_of(members, node3) == [True]
+        assert starts_of(members, node2) == [False]
+        galera.wait_healthy(timeout=60)
+        assert count_rows(node2, "before-ordered-stop") >= 3
+    finally:
+        agent_api.stop()

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Iterator
 from typing import Any
 
+from mailcow_ha import __version__
+from mailcow_ha.agent.snapshot import NodeSnapshot
+from mailcow_ha.agent.statusapi import StatusApi
 from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.config import NodeConfig, load_config
-from mailcow_ha.errors import ExitCode
+from mailcow_ha.errors import ConfigError, ExitCode
 from mailcow_ha.mailcow import dbsetup, galera_ops
 from mailcow_ha.mailcow.bootstrap import BootstrapAction, FirstBootAction, positions_table
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -91,7 +100,8 @@ def run_first_boot(args: argparse.Namespace) -> ExitCode:
     member = galera_ops.local_member(config)
     transport = _transport(config, member)
     peers = [peer for peer in galera_ops.members_from_config(config) if peer.node != config.node.name]
-    decision = galera_ops.run_first_boot(member, config.node.index, peers, transport, wait_timeout=args.wait)
+    with serve_galera_actions(config, member):
+        decision = galera_ops.run_first_boot(member, config.node.index, peers, transport, wait_timeout=args.wait)
     if decision.action is FirstBootAction.BOOTSTRAP:
         dbsetup.ensure_database_users(config)
     print(f"galera first-boot: {decision.action}: {decision.reason}")
@@ -100,3 +110,41 @@ def run_first_boot(args: argparse.Namespace) -> ExitCode:
 
 def _transport(config: NodeConfig, member: galera_ops.LocalMember) -> galera_ops.StatusApiTransport:
     return galera_ops.StatusApiTransport(config, member, StatusClient.from_config(config, timeout=5.0))
+
+
+@contextlib.contextmanager
+def serve_galera_actions(
+    config: NodeConfig, member: galera_ops.LocalMember, *, allowed_clients: Collection[str] | None = None
+) -> Iterator[None]:
+    """Serve this node's Galera actions while first boot waits, because the agent starts only afterwards.
+
+    When the agent already listens on the status API port, it serves them and nothing is started.
+    Calls are accepted from `allowed_clients`, by default the peers' private addresses.
+    """
+    clients = set(allowed_clients) if allowed_clients is not None else {str(p.private_ip) for p in config.peers}
+    started = time.time()
+
+    def snapshot() -> NodeSnapshot:
+        return NodeSnapshot(
+            cluster=config.cluster,
+            node=config.node.name,
+            node_index=config.node.index,
+            private_ip=str(config.node.private_ip),
+            agent_version=__version__,
+            agent_started_at=started,
+            taken_at=time.time(),
+            reason="first boot: only the Galera actions are served until the agent starts",
+        )
+
+    try:
+        api = StatusApi.from_config(config, snapshot, allowed_clients=lambda: clients)
+    except ConfigError as error:
+        log.info("not serving the Galera actions during first boot (%s); the running agent serves them", error)
+        yield
+        return
+    galera_ops.register_galera_actions(api, member)
+    api.start()
+    try:
+        yield
+    finally:
+        api.stop()
