@@ -10,8 +10,11 @@ import pytest
 import yaml
 
 from harness.mailcow_checkout import compose_document, write_checkout
-from harness.nodeconfig import deep_update, node_config_dict
+from harness.nodeconfig import deep_update, node_config_dict, write_node_config
+from mailcow_ha.cli import main
 from mailcow_ha.config import parse_config
+from mailcow_ha.errors import ExitCode
+from mailcow_ha.mailcow import upgrade
 from mailcow_ha.render import compose
 
 pytestmark = pytest.mark.integration
@@ -101,3 +104,62 @@ def test_compose_rejects_mismatched_certificate_target(checkout):
 
     assert result.returncode != 0
     assert "Duplicate mount points" in result.stderr
+
+
+def git(directory: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(directory), "-c", "user.name=test", "-c", "user.email=test@example.org", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def node_config_file(tmp_path: Path, project_dir: Path) -> Path:
+    document = deep_update(node_config_dict(), "mailcow", {"project_dir": str(project_dir), "pull_command": ["true"]})
+    return write_node_config(tmp_path / "node.yaml", document)
+
+
+def test_cli_writes_private_override(tmp_path):
+    directory = write_checkout(tmp_path / "mailcow-dockerized")
+    config = node_config_file(tmp_path, directory)
+
+    assert main(["--config", str(config), "compose-override"]) == ExitCode.OK
+
+    override = directory / "docker-compose.override.yml"
+    assert oct(override.stat().st_mode & 0o777) == oct(0o600)
+    assert merged_config(directory)["services"]["mysql-mailcow"]["restart"] == "no"
+
+
+def test_cli_rejects_other_project_name(tmp_path, capsys):
+    directory = write_checkout(tmp_path / "mailcow-dockerized", project_name="mailcow-dockerized")
+    config = node_config_file(tmp_path, directory)
+
+    assert main(["--config", str(config), "compose-override"]) == ExitCode.CONFIG
+    assert "COMPOSE_PROJECT_NAME=mailcow-dockerized but" in capsys.readouterr().err
+    assert not (directory / "docker-compose.override.yml").exists()
+
+
+def test_standby_checks_out_master_commit(tmp_path):
+    origin = write_checkout(tmp_path / "origin")
+    git(origin, "init", "-q")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "mailcow 1")
+    standby = tmp_path / "standby"
+    subprocess.run(["git", "clone", "-q", str(origin), str(standby)], check=True, timeout=60)
+    (standby / "mailcow.conf").write_text((origin / "mailcow.conf").read_text())
+    document = yaml.safe_load((origin / "docker-compose.yml").read_text())
+    document["volumes"]["new-cache-vol-1"] = None
+    (origin / "docker-compose.yml").write_text(yaml.safe_dump(document))
+    git(origin, "commit", "-q", "-am", "mailcow 2")
+    commit = git(origin, "rev-parse", "HEAD")
+    config = parse_config(yaml.safe_load(node_config_file(tmp_path, standby).read_text()))
+
+    result = upgrade.checkout_mailcow(config, commit)
+
+    assert result == {"node": "mailcow-ha-test-1", "commit": commit}
+    assert git(standby, "rev-parse", "HEAD") == commit
+    assert "new-cache-vol-1" in merged_config(standby)["volumes"]
+    assert oct((standby / "docker-compose.override.yml").stat().st_mode & 0o777) == oct(0o600)

@@ -114,9 +114,10 @@ class MailcowSettings(_Section):
     db_password: SecretStr | None = None
     """mailcow's database password. The compose override hands it to the services that use the
     database, and `galera first-boot` creates the user with it. None leaves both to mailcow.conf."""
-    runtime_version: str | None = None
-    """The mailcow-ha version `upgrade --runtime` installs on every node (a pip requirement
-    version such as 0.2.0); None means the command needs `--version`."""
+    update_command: list[str] = ["./update.sh", "--force"]
+    """mailcow's updater, run in `project_dir` on the master by `mailcow-ha upgrade mailcow`."""
+    pull_command: list[str] = ["docker", "compose", "pull", "--quiet"]
+    """Fetches the images of the checked-out mailcow version on a standby."""
 
 
 class PathSettings(_Section):
@@ -278,6 +279,17 @@ class MembershipSettings(_Section):
     """Time between two listings of the cluster's servers; each costs one API request."""
 
 
+class RuntimeSettings(_Section):
+    """Where the runtime is installed from and to, for `mailcow-ha upgrade runtime`."""
+
+    repository: str | None = None
+    """Git URL of the mailcow-ha repository; None means the source checkout's `origin`."""
+    source_dir: Path = Path("/opt/mailcow-ha/src")
+    venv_dir: Path = Path("/opt/mailcow-ha/venv")
+    restart_command: list[str] = ["systemctl", "restart", "mailcow-ha-agent.service"]
+    install_timeout: Seconds = 1200.0
+
+
 class NodeConfig(_Section):
     """The whole node config file."""
 
@@ -298,6 +310,7 @@ class NodeConfig(_Section):
     status_api: StatusApiSettings
     keepalived: KeepalivedSettings
     membership: MembershipSettings = MembershipSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
 
     @model_validator(mode="after")
     def _peers_are_consistent(self) -> Self:

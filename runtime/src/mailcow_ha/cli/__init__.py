@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "agent",
     "maintenance",
     "peers",
+    "upgrade",
 )
 
 

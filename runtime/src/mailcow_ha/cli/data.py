@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mailcow_ha.config import load_config
 from mailcow_ha.errors import ConfigError, ExitCode
+from mailcow_ha.mailcow import override_file
 from mailcow_ha.mailcow.initdata import InitRequest, init_data
-from mailcow_ha.render import compose
 
 
 def register(subparsers: Any) -> None:
@@ -69,37 +67,8 @@ def run_init_data(args: argparse.Namespace) -> ExitCode:
 def run_compose_override(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
     project_dir: Path = args.project_dir or config.mailcow.project_dir
-    conf_path = project_dir / "mailcow.conf"
-    try:
-        conf_text = conf_path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(
-            f"{conf_path} could not be read ({error.strerror}); run mailcow's generate_config.sh"
-        ) from None
-    problem = compose.project_name_problem(conf_text, config.mailcow.project_name)
-    if problem is not None:
-        raise ConfigError(problem)
-
-    base = compose.load_base(project_dir / "docker-compose.yml")
-    text = compose.dump_override(compose.render_override(compose.inputs_from_config(config), base))
     if args.stdout:
-        sys.stdout.write(text)
+        sys.stdout.write(override_file.render_for_checkout(config, project_dir))
         return ExitCode.OK
-    target = project_dir / "docker-compose.override.yml"
-    _write_private(target, text)
-    print(f"wrote {target}")
+    print(f"wrote {override_file.write_override(config, project_dir)}")
     return ExitCode.OK
-
-
-def _write_private(target: Path, text: str) -> None:
-    """Write `text` atomically with mode 0600, because the override contains the database password."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
