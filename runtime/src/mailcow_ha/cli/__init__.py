@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "status",
     "history",
     "switchover",
+    "gc",
     "galera",
     "db",
     "backup",

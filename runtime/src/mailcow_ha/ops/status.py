@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from mailcow_ha.agent.membership import load_membership
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.statusclient import StatusClient
-from mailcow_ha.config import NodeConfig, PeerSettings
+from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import MailcowHaError
 from mailcow_ha.failover.history import FailoverRecord
@@ -84,15 +85,15 @@ class ClusterStatus:
     """The newest failover or switchover in any member's history (see ops.history)."""
 
 
-def members_of(config: NodeConfig, learned: Sequence[PeerSettings] = ()) -> list[Member]:
-    """Return the cluster's members: those learned by membership sync, else the config's peers.
+def members_of(config: NodeConfig) -> list[Member]:
+    """Return the cluster's members: those stored by the last membership sync, else the config's peers.
 
     With neither, the node itself is the only member returned.
     """
-    peers = list(learned) or list(config.peers)
-    if not peers:
+    stored = load_membership(config).members
+    if not stored:
         return [Member(config.node.name, config.node.index, str(config.node.private_ip))]
-    return sorted((Member(peer.name, peer.index, str(peer.private_ip)) for peer in peers), key=lambda m: m.index)
+    return sorted((Member(member.name, member.index, member.private_ip) for member in stored), key=lambda m: m.index)
 
 
 def fetch_snapshots(client: StatusClient, members: Sequence[Member]) -> tuple[MemberStatus, ...]:
@@ -159,11 +160,10 @@ def gather(
     client: StatusClient,
     *,
     cloud: CloudReader | None,
-    learned: Sequence[PeerSettings] = (),
     clock: Callable[[], float] = time.time,
 ) -> ClusterStatus:
     """Collect the members' snapshots and the cloud's holders as seen from this node."""
-    members = members_of(config, learned)
+    members = members_of(config)
     statuses = fetch_snapshots(client, members)
     cloud_status = cloud.read() if cloud is not None else None
     return ClusterStatus(config.cluster, config.node.name, clock(), statuses, cloud_status)
