@@ -12,10 +12,13 @@ disappears when it detaches it (`follow(fake)`), as on a Hetzner server.
 
 Every name includes the test process's pid and a random token; `close()` unmounts what is
 mounted from the volume's devices, detaches them and deletes the image, even after a failure.
+`private_mount_namespace()` keeps a test's mounts out of other test suites' namespaces.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -23,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,40 @@ from mailcow_ha.failover.marker import VolumeMarker, write_marker
 log = logging.getLogger(__name__)
 
 _TOOL_TIMEOUT = 60.0
+
+
+_CLONE_FS = 0x00000200
+_CLONE_NEWNS = 0x00020000
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"{what}: {os.strerror(number)}")
+
+
+@contextlib.contextmanager
+def private_mount_namespace() -> Iterator[None]:
+    """Run the calling thread in a new mount namespace with private propagation, then return it.
+
+    Mounts made inside (by this thread, the threads it starts and the processes they spawn) are
+    invisible to every other namespace on the machine, and namespaces that other test suites
+    create meanwhile do not get copies of them. Without this, a namespace cloned from the host
+    while a test volume is mounted would keep that file system alive after the test unmounts it.
+    """
+    original = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+        yield
+    finally:
+        # Joining a mount namespace needs a file system context of our own (no CLONE_FS sharing).
+        _check(_libc.unshare(_CLONE_FS), "unshare(CLONE_FS)")
+        _check(_libc.setns(original, _CLONE_NEWNS), "setns back to the original mount namespace")
+        os.close(original)
 
 
 def _run(*argv: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
+from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService
 from mailcow_ha.alert_events import AlertEvent
 from mailcow_ha.config import parse_config
@@ -25,11 +26,13 @@ ALL_SERVICES = sorted(MAILCOW_SERVICES)
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[PodmanService]:
-    service = PodmanService.start()
-    try:
-        yield service
-    finally:
-        service.close()
+    # Everything the module mounts stays in its own mount namespace, podman's containers included.
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()
 
 
 @pytest.fixture
@@ -135,10 +138,10 @@ def test_busy_submount_fails_loudly(master: FailoverNode) -> None:
     assert not master.mounted()
 
 
-def test_engine_down_still_releases_volume(master: FailoverNode) -> None:
-    # The Docker API does not answer. The containers keep the volume's file system mounted in
-    # their own mount namespaces; demote stops those processes, unmounts, and still reports
-    # the failure because it could not stop the containers through the engine.
+def test_engine_down_fails_loudly(master: FailoverNode) -> None:
+    # The Docker API does not answer, so the containers keep running with the volume's file
+    # system bind-mounted in their own mount namespaces. Demote unmounts it here, but reports
+    # that the file system stays active in those namespaces, naming the processes, and fails.
     document = master.config.model_dump(mode="json")
     document["hetzner"]["token"] = master.config.hetzner.token.get_secret_value()
     document["galera"]["password"] = master.config.galera.password.get_secret_value()
@@ -146,10 +149,20 @@ def test_engine_down_still_releases_volume(master: FailoverNode) -> None:
     document["paths"]["docker_socket"] = f"unix://{master.workdir / 'no-engine.sock'}"
     broken = build_failover(parse_config(document), master.alerter)
 
-    with pytest.raises(DemoteFailed, match="containers:"):
+    with pytest.raises(DemoteFailed) as caught:
         broken.demoter.run()
 
+    message = str(caught.value)
+    assert "containers:" in message
+    assert "still in use after unmounting" in message
+    assert "mounted in its mount namespace" in message
     assert not master.mounted()
     assert master.volume.mount_points() == []
-    assert master.project.running() == []
+    assert master.project.running() == ALL_SERVICES
+    assert AlertEvent.DEMOTE_FAILED in master.alerter.events()
     broken.close()
+
+    working = master.failover()
+    assert any(entry.startswith("stopped") for entry in working.demoter.run())
+    assert master.project.running() == []
+    working.close()

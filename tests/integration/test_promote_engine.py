@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, HealthDriver, MailcowProject, PodmanService, wait_for
 from mailcow_ha.adapters.engine import ContainerEvent, Engine
 from mailcow_ha.deadline import Deadline
@@ -19,11 +20,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[PodmanService]:
-    service = PodmanService.start()
-    try:
-        yield service
-    finally:
-        service.close()
+    # Everything the module mounts stays in its own mount namespace, podman's containers included.
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()
 
 
 @pytest.fixture

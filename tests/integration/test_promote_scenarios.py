@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
+from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService, dump_state
 from mailcow_ha import state
 from mailcow_ha.adapters import blockdev
@@ -32,11 +33,13 @@ ALL_SERVICES = sorted(MAILCOW_SERVICES)
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[PodmanService]:
-    service = PodmanService.start()
-    try:
-        yield service
-    finally:
-        service.close()
+    # Everything the module mounts stays in its own mount namespace, podman's containers included.
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
+from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService, wait_for
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.history import RecordKind, RecordOutcome
@@ -28,11 +29,13 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[PodmanService]:
-    service = PodmanService.start()
-    try:
-        yield service
-    finally:
-        service.close()
+    # Everything the module mounts stays in its own mount namespace, podman's containers included.
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()
 
 
 @pytest.fixture

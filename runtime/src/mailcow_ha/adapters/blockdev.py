@@ -24,7 +24,8 @@ from mailcow_ha.errors import BlockDeviceError
 
 log = logging.getLogger(__name__)
 
-MOUNTINFO = Path("/proc/self/mountinfo")
+MOUNTINFO = Path("/proc/thread-self/mountinfo")
+"""The calling thread's mount table; threads of one process may live in different mount namespaces."""
 _ABANDON_AFTER_KILL = 2.0
 """Seconds to wait for a timed-out tool to exit after SIGKILL before leaving it behind."""
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -85,6 +86,8 @@ class Holder:
     pid: int
     command: str
     reasons: tuple[str, ...]
+    uses_files: bool = True
+    """False when the process only lives in a mount namespace where the file system is mounted."""
 
     def describe(self) -> str:
         return f"pid {self.pid} ({self.command}: {', '.join(self.reasons)})"
@@ -304,7 +307,7 @@ def find_holders(device_number: int, *, proc: Path = Path("/proc"), exclude: Ite
     """
     excluded = {os.getpid(), *exclude}
     major, minor = os.major(device_number), os.minor(device_number)
-    own_namespace = _readlink(f"{proc}/self/ns/mnt")
+    own_namespace = _readlink(f"{proc}/thread-self/ns/mnt")
     namespace_has_mount: dict[str, bool] = {}
     holders = []
     for entry in os.scandir(proc):
@@ -328,7 +331,8 @@ def find_holders(device_number: int, *, proc: Path = Path("/proc"), exclude: Ite
             if namespace_has_mount.get(namespace, False):
                 reasons.append(f"mounted in its mount namespace {namespace}")
         if reasons:
-            holders.append(Holder(int(entry.name), _command(pid_dir), tuple(reasons)))
+            uses_files = not (len(reasons) == 1 and reasons[0].startswith("mounted in"))
+            holders.append(Holder(int(entry.name), _command(pid_dir), tuple(reasons), uses_files))
     return holders
 
 
@@ -355,15 +359,17 @@ def stop_holders(
     sleep: Callable[[float], object] = time.sleep,
     clock: Clock = time.monotonic,
 ) -> list[Holder]:
-    """Send SIGTERM to every holder, SIGKILL to those left after `term_timeout`; return those still left.
+    """Send SIGTERM to every process using files on the file system, SIGKILL after `term_timeout`.
 
-    Never signals PID 1 or this process: they are returned as holders for the caller to report.
+    Returns every holder left afterwards. Processes that only live in a mount namespace where
+    the file system is mounted (a container, or a namespace made while it was mounted) are never
+    signalled, because nothing shows whose they are; they are returned for the caller to report.
+    PID 1 and this process are never signalled either.
     """
     for signal_number, timeout in ((signal.SIGTERM, term_timeout), (signal.SIGKILL, kill_timeout)):
-        holders = find_holders(device_number)
-        targets = [holder for holder in holders if holder.pid != 1]
+        targets = [holder for holder in find_holders(device_number) if holder.uses_files and holder.pid != 1]
         if not targets:
-            return holders
+            break
         for holder in targets:
             log.warning("sending %s to %s", signal_number.name, holder.describe())
             try:
@@ -373,6 +379,7 @@ def stop_holders(
             except PermissionError as error:
                 log.error("could not signal pid %d: %s", holder.pid, error.strerror)
         deadline = Deadline(f"{timeout:g} s after {signal_number.name}", clock() + timeout, clock)
-        while not deadline.expired and find_holders(device_number):
+        pids = {holder.pid for holder in targets}
+        while not deadline.expired and any(holder.pid in pids for holder in find_holders(device_number)):
             sleep(min(0.05, deadline.remaining()))
     return find_holders(device_number)

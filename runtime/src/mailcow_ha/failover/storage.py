@@ -232,35 +232,9 @@ class SharedVolume:
             self._unmount_top(mounts[-1], deadline, done)
         else:
             raise BlockDeviceError(f"{self.mount_point} still has mounts after {_MAX_STACKED_UNMOUNTS} unmounts")
-        self._stop_remaining_holders(deadline, done)
         self._verify_released()
+        self._check_other_namespaces()
         return done
-
-    def _stop_remaining_holders(self, deadline: Deadline, done: list[str]) -> None:
-        """Stop processes that still keep the volume's file system alive in another mount namespace.
-
-        A container that the engine failed to stop keeps its bind mounts of the volume after the
-        host's mount is gone, and the file system stays active on the device.
-        """
-        try:
-            device = blockdev.block_device(self.device_path)
-        except BlockDeviceError:
-            return
-        if device.number == os.stat("/").st_dev or not blockdev.find_holders(device.number):
-            return
-        remaining = blockdev.stop_holders(
-            device.number,
-            term_timeout=min(self._term_timeout, deadline.remaining()),
-            kill_timeout=min(KILL_TIMEOUT, deadline.remaining()),
-            sleep=self._sleep,
-            clock=self._clock,
-        )
-        done.append(f"stopped the processes that kept {device.path} mounted in other mount namespaces")
-        if remaining:
-            raise BlockDeviceError(
-                f"the shared volume {device.describe()} is still in use: "
-                f"{'; '.join(holder.describe() for holder in remaining)}"
-            )
 
     def _unmount_top(self, top: MountEntry, deadline: Deadline, done: list[str]) -> None:
         # The by-id link may be gone (the volume was detached under a live mount), so the mount
@@ -282,10 +256,11 @@ class SharedVolume:
             sleep=self._sleep,
             clock=self._clock,
         )
-        if remaining:
+        using_files = [holder for holder in remaining if holder.uses_files]
+        if using_files:
             raise BlockDeviceError(
                 f"cannot unmount {self.mount_point}: still in use by "
-                f"{'; '.join(holder.describe() for holder in remaining)}"
+                f"{'; '.join(holder.describe() for holder in using_files)}"
             )
         try:
             blockdev.sync_filesystem(self.mount_point, timeout=deadline.remaining())
@@ -295,6 +270,25 @@ class SharedVolume:
         blockdev.unmount(self.mount_point, timeout=deadline.remaining())
         done.append(f"unmounted {top.source} from {self.mount_point}")
         log.info("unmounted %s (%d:%d) from %s", top.source, top.major, top.minor, self.mount_point)
+
+    def _check_other_namespaces(self) -> None:
+        """Raise if the volume's file system is still mounted in another mount namespace.
+
+        A container that the engine failed to stop keeps its bind mounts of the volume after the
+        host's mount is gone, and the file system stays active on the device. Demote does not
+        kill such processes, because their namespace alone does not show whose they are.
+        """
+        try:
+            device = blockdev.block_device(self.device_path)
+        except BlockDeviceError:
+            return
+        holders = blockdev.find_holders(device.number)
+        if holders:
+            raise BlockDeviceError(
+                f"the shared volume {device.describe()} is still in use after unmounting: "
+                f"{'; '.join(holder.describe() for holder in holders)}. Its file system stays active "
+                "until they stop: stop those containers or processes, then run `mailcow-ha demote` again"
+            )
 
     def _verify_released(self) -> None:
         if self.mount_entries():
@@ -308,10 +302,4 @@ class SharedVolume:
             places = ", ".join(entry.mount_point for entry in elsewhere)
             raise BlockDeviceError(
                 f"the shared volume {device.describe()} is still mounted on {places}; unmount it there by hand"
-            )
-        holders = blockdev.find_holders(device.number)
-        if holders:
-            raise BlockDeviceError(
-                f"the shared volume {device.describe()} is still in use: "
-                f"{'; '.join(holder.describe() for holder in holders)}"
             )
