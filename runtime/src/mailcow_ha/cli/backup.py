@@ -75,7 +75,7 @@ def run_restore(args: argparse.Namespace) -> ExitCode:
 
 
 def find_master(config: NodeConfig) -> str | None:
-    """Ask the peers' agents which node is the keepalived MASTER; None when none says so."""
+    """Return the node whose agent reports the keepalived state MASTER, or None when no peer does."""
     client = StatusClient.from_config(config, timeout=3.0)
     for peer in config.peers:
         if peer.name == config.node.name:

@@ -69,8 +69,8 @@ class _PeerActions:
 
 def run_mailcow(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
-    here, reason = is_master_here(config)
-    if not here:
+    on_master, reason = is_master_here(config)
+    if not on_master:
         master = find_master(config)
         where = f"run it on {master}" if master else "no node reports MASTER"
         raise Refused(f"mailcow is updated on the master and this node is not it ({reason}); {where}")

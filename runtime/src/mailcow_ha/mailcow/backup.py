@@ -3,8 +3,8 @@
 The database is dumped from the local Galera member on any node with `mariadb-dump
 --single-transaction`, which reads one consistent InnoDB snapshot without table locks, so the
 cluster keeps accepting writes during the dump. The mail data (everything mailcow keeps under
-`<mount point>/<project name>/`) exists only on the master, where the shared volume is mounted;
-on a standby the command names the master instead. Each backup is a directory with the dump,
+`<mount point>/<project name>/`) exists only on the master, where the shared volume is mounted.
+On a standby the command names the master instead. Each backup is a directory with the dump,
 a tar archive and a manifest of SHA-256 sums, all readable by root only.
 """
 
@@ -157,8 +157,8 @@ def run_backup(
     the master that `find_master` reports.
     """
     if mail:
-        here, reason = is_master_here(config)
-        if not here:
+        on_master, reason = is_master_here(config)
+        if not on_master:
             master = find_master()
             where = f"run it on {master}, the master" if master else "no node reports MASTER"
             raise Refused(
@@ -227,10 +227,10 @@ def restore_mail_data(config: NodeConfig, directory: Path, *, timeout: float = D
     """Extract the mail archive onto the mounted shared volume of the master.
 
     Rejects a volume whose project directory already contains files, so a restore never mixes
-    with live data; stop mailcow and restore onto a volume prepared by `init-data`.
+    with live data. Stop mailcow and restore onto a volume prepared by `init-data`.
     """
-    here, reason = is_master_here(config)
-    if not here:
+    on_master, reason = is_master_here(config)
+    if not on_master:
         raise Refused(f"mail data can only be restored on the master: {reason}")
     manifest = read_manifest(directory)
     if MAIL_FILE not in manifest["sha256"]:

@@ -1,4 +1,4 @@
-"""Which Galera member may start a new primary component: pure decisions with their reasons.
+"""Decisions, with reasons, on which Galera member may start a new primary component.
 
 Bootstrapping a member that is behind another one discards the other's newer transactions, and
 bootstrapping while another member still runs a primary component splits the cluster in two. So

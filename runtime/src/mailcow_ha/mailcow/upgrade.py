@@ -1,10 +1,11 @@
 """`mailcow-ha upgrade mailcow|runtime`: update mailcow and the runtime without a failover.
 
-mailcow upgrade, run on the master: maintenance mode on (so that containers restarting during
-the update do not fail the node over), mailcow's update.sh, the compose override rendered again
-for the new compose file, `db fix` for tables the new schema added without a primary key, then
-every standby checks out the master's mailcow commit and pulls the same images, and maintenance
-mode goes off. A failed step leaves maintenance mode on (it expires by itself) and stops.
+The mailcow upgrade runs on the master. It switches maintenance mode on, so that containers
+restarting during the update do not fail the node over. Then it runs mailcow's update.sh,
+renders the compose override for the new compose file, and adds primary keys to tables the new
+schema created without one. Every standby then checks out the master's mailcow commit and pulls
+the same images, and maintenance mode goes off. A failed step stops the upgrade and leaves
+maintenance mode on until it expires.
 
 Runtime upgrade, run on any node: every node installs the same runtime commit and restarts its
 agent, one node at a time, standbys first and the master last, and the next node starts only
@@ -39,7 +40,7 @@ _COMMIT = re.compile(r"^[0-9a-f]{7,40}$")
 
 
 class UpgradeError(MailcowHaError):
-    """An upgrade step failed; the message says which step, on which node, and what was done."""
+    """An upgrade step failed; the message names the step, the node, and what was already done."""
 
 
 class NodeRole(enum.StrEnum):
@@ -49,7 +50,7 @@ class NodeRole(enum.StrEnum):
 
 @dataclass(frozen=True)
 class NodeState:
-    """A member as the upgrade sees it: its role, agent version and verdict, or why it is unknown."""
+    """A member's role, agent version and verdict from its status API, or the error that hid them."""
 
     node: str
     index: int
@@ -263,7 +264,11 @@ def state_from_snapshot(node: str, index: int, snapshot: Mapping[str, Any] | Non
     if snapshot is None:
         return NodeState(node, index, None, error=error)
     vrrp = snapshot.get("vrrp_state")
-    role = NodeRole.MASTER if vrrp == "MASTER" else NodeRole.STANDBY if vrrp in ("BACKUP", "FAULT") else None
+    role: NodeRole | None = None
+    if vrrp == "MASTER":
+        role = NodeRole.MASTER
+    elif vrrp in ("BACKUP", "FAULT"):
+        role = NodeRole.STANDBY
     return NodeState(
         node,
         index,
