@@ -359,26 +359,47 @@ class GaleraCluster:
     def ensure_healthy(self, timeout: float = 120.0) -> None:
         """Bring every member back to Synced in one Primary component, whatever a test left behind.
 
-        Paused members are resumed; stopped members rejoin a running Primary component. Without
-        one, the surviving members stop and the member with the highest recovered position
-        bootstraps, as an operator would do after losing quorum.
+        Paused members are resumed; stopped members rejoin a running Primary component, all at
+        once. Without one, the running member with the highest committed seqno bootstraps in
+        place (`pc.bootstrap=YES`). When none runs, the member with the highest recovered
+        position bootstraps from its data directory, as an operator would do after losing quorum.
         """
         for node in self.nodes:
             if node.running:
                 os.kill(node.pid, signal.SIGCONT)
-        if self._wait_for_primary(timeout=20.0) is None:
+        if self._wait_for_primary(timeout=20.0) is None and not self._bootstrap_in_place():
             self.bootstrap_most_advanced(timeout=timeout)
-        for node in self.nodes:
-            if not node.running:
-                node.start(timeout=timeout)
+        stopped = [node for node in self.nodes if not node.running]
+        for node in stopped:
+            node.start(wait=False)
         self.wait_healthy(timeout=timeout)
+
+    def _bootstrap_in_place(self) -> bool:
+        """Make the most advanced running member a Primary component of its own (`pc.bootstrap`).
+
+        Returns False when no member runs, so the caller recovers from the data directories.
+        """
+        running: list[tuple[int, GaleraNode]] = []
+        for node in self.nodes:
+            if node.running:
+                try:
+                    running.append((node.status(timeout=2.0).last_committed, node))
+                except pymysql.MySQLError:
+                    continue
+        if not running:
+            return False
+        _, best = max(running, key=lambda item: item[0])
+        log.info("bootstrapping the running member %s in place", best.name)
+        best.execute("SET GLOBAL wsrep_provider_options = 'pc.bootstrap=YES'")
+        best.wait_for(lambda status: status.synced_primary, timeout=30, what="Primary after pc.bootstrap")
+        return True
 
     def _wait_for_primary(self, timeout: float) -> GaleraNode | None:
         """Return a member of a Primary component, or None once every running member reports none.
 
-        Members that do not reply yet (starting, or just resumed) are waited for up to `timeout`,
-        and so is a Primary component that still counts members which are no longer running (Galera
-        notices a crash only after its suspect timeout, about 5 s).
+        Members that do not reply yet (starting, or just resumed) are waited for up to `timeout`.
+        So is a Primary component that still counts members which are no longer running, because
+        Galera notices a crash only after its suspect timeout (about 5 s).
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -125,3 +125,15 @@ def test_initially_failing_needs_successes() -> None:
 
     assert first
     assert monitor.records[GALERA].successes == 2
+
+
+def test_role_change_forgets_initial_failure() -> None:
+    containers = ScriptedProbe(CONTAINERS, [True])
+    monitor = HealthMonitor([containers], SETTINGS, initially_failing=True)
+    monitor.run_due()
+    assert monitor.records[CONTAINERS].failing
+
+    monitor.set_role(Role.MASTER)
+    monitor.run_due()
+
+    assert not monitor.records[CONTAINERS].failing

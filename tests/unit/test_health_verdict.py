@@ -158,3 +158,12 @@ def test_failing_probe_decides_before_all_ran() -> None:
     assert verdict.decided
     assert not verdict.healthy
     assert verdict.reason == f"{MOUNT}: mount broken"
+
+
+def test_recovering_probe_reason() -> None:
+    recovering = ProbeRecord(ProbeResult(MOUNT, True, "mounted"), 0, 1, failing=True)
+
+    verdict = decide_verdict(VerdictInputs(role=Role.MASTER, records={**records(**ALL_PASS), MOUNT: recovering}))
+
+    assert not verdict.healthy
+    assert verdict.reason == "mount: recovering, not enough consecutive passes yet"

@@ -10,16 +10,18 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from mailcow_ha import __version__
 from mailcow_ha.adapters.alerts import AppriseAlerter
 from mailcow_ha.agent.guardian import set_process_name
+from mailcow_ha.agent.main import Agent
 from mailcow_ha.agent.process import AgentLock
 from mailcow_ha.agent.wiring import build_agent
+from mailcow_ha.alert_events import Alerter
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ExitCode, MailcowHaError
 from mailcow_ha.logsetup import configure_logging
@@ -51,14 +53,25 @@ def run_agent(args: argparse.Namespace) -> ExitCode:
     return serve(load_config(args.config))
 
 
-def serve(config: NodeConfig) -> ExitCode:
-    """Run the agent for `config` until SIGTERM or SIGINT."""
+AgentBuilder = Callable[[NodeConfig, Alerter], Agent]
+
+
+def serve(
+    config: NodeConfig,
+    *,
+    build: AgentBuilder = build_agent,
+    make_alerter: Callable[[NodeConfig], ClosableAlerter] = AppriseAlerter.from_config,
+) -> ExitCode:
+    """Run the agent for `config` until SIGTERM or SIGINT.
+
+    `build` and `make_alerter` default to the production wiring; test harnesses pass their own.
+    """
     set_process_name(config.keepalived.agent_process or DEFAULT_AGENT_PROCESS)
     lock = AgentLock(config.paths.run_dir)
     lock.acquire(LOCK_TIMEOUT)
-    alerter = AppriseAlerter.from_config(config)
+    alerter = make_alerter(config)
     try:
-        agent = build_agent(config, alerter)
+        agent = build(config, alerter)
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
             log.info("received %s", signal.Signals(signum).name)
@@ -72,6 +85,12 @@ def serve(config: NodeConfig) -> ExitCode:
             log.warning("some alerts were not sent before the agent stopped")
         lock.release()
     return ExitCode.OK
+
+
+class ClosableAlerter(Alerter, Protocol):
+    """An alerter that can flush what it queued before the process exits."""
+
+    def close(self, timeout: float = ...) -> bool: ...
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,7 @@ class HealthMonitor:
         self._workers = {probe.name: ProbeWorker(probe, clock=clock, wall_clock=wall_clock) for probe in probes}
         self._next_due = dict.fromkeys(self._workers, 0.0)
         self._records: dict[str, ProbeRecord] = {}
+        self._recorded: set[str] = set()
         self._role = Role.UNKNOWN
 
     @property
@@ -98,8 +99,11 @@ class HealthMonitor:
             result,
             failures_to_unhealthy=self.settings.failures_to_unhealthy,
             successes_to_healthy=self.settings.successes_to_healthy,
-            initially_failing=self._initially_failing,
+            # Only a probe's very first record inherits the track file's old verdict. After a
+            # role change the probe checks something new, so it starts without a failure.
+            initially_failing=self._initially_failing and result.name not in self._recorded,
         )
+        self._recorded.add(result.name)
         self._records[result.name] = record
         if previous is None or previous.last.ok != result.ok:
             level = logging.INFO if result.ok else logging.WARNING

@@ -154,7 +154,7 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
 
     galera = failing.pop(GALERA, None)
     if galera is not None:
-        return Verdict(False, f"{GALERA}: {galera.last.detail}", outside_role)
+        return Verdict(False, f"{GALERA}: {_failure(galera)}", outside_role)
 
     if inputs.failed_transition is not None:
         return Verdict(False, f"promote failed: {inputs.failed_transition}", outside_role)
@@ -169,7 +169,7 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
         ignored.append(CONTAINERS)
 
     if failing:
-        reasons = "; ".join(f"{name}: {failing[name].last.detail}" for name in sorted(failing))
+        reasons = "; ".join(f"{name}: {_failure(failing[name])}" for name in sorted(failing))
         return Verdict(False, reasons, tuple(sorted(ignored)))
 
     missing = [name for name in sorted(_ROLE_PROBES[inputs.role]) if name not in inputs.records]
@@ -178,3 +178,10 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
         return Verdict(True, reason, tuple(sorted(ignored)), decided=False)
     suffix = " except containers (grace period after a failover)" if in_grace else ""
     return Verdict(True, f"{inputs.role}: all probes pass{suffix}", tuple(sorted(ignored)))
+
+
+def _failure(record: ProbeRecord) -> str:
+    """Describe a failing probe: its failure, or that it passes again but has not recovered yet."""
+    if record.last.ok:
+        return "recovering, not enough consecutive passes yet"
+    return record.last.detail
