@@ -220,6 +220,13 @@ class Lab:
 
     # --- nodes -------------------------------------------------------------------------------
 
+    def image_tar(self) -> Path:
+        """Return the lab image's root file system tar, building it on first use."""
+        path = self.lab_dir / "mailcow-lab-image.tar"
+        if not path.exists():
+            build_image_tar(path)
+        return path
+
     def node_dir(self, name: str) -> Path:
         return self.lab_dir / "nodes" / name
 
@@ -273,7 +280,7 @@ class Lab:
 
         started = time.monotonic()
         layout = self.require_layout()
-        image_tar = build_image_tar(self.lab_dir / "mailcow-lab-image.tar")
+        image_tar = self.image_tar()
         for server in layout.servers:
             self.network.add_node(NodeNetwork(server.name, server.index, server.public_ip, server.private_ip))
             self.nodes[server.index] = self._make_node(server, layout)
@@ -285,6 +292,10 @@ class Lab:
         started = time.monotonic()
         self.form_galera()
         self._phase("galera", started)
+
+        started = time.monotonic()
+        self.init_shared_volume()
+        self._phase("init-data", started)
 
         started = time.monotonic()
         self.start_runtime()
@@ -307,6 +318,11 @@ class Lab:
         self._parallel("galera join", lambda node: node.database.start(), others)
         for node in others:
             node.database.wait_synced(120.0)
+
+    def init_shared_volume(self) -> None:
+        """Prepare the shared volume once, on the node the Pulumi program attached it to."""
+        first = self.nodes[min(self.nodes)]
+        first.machine.run(self.runtime_command(first, "init-data"), timeout=120.0)
 
     def _create_database_users(self, node: LabNode) -> None:
         password = self.secrets.galera_password.replace("'", "''")
@@ -362,7 +378,7 @@ class Lab:
         """Return the lab's state now (see lab.observe); cheap enough for 10 samples a second."""
         wall, monotonic = now()
         namespaces = {node.index: node.machine.pid_namespace for node in self.nodes.values()}
-        processes = scan_processes(namespace for namespace in namespaces.values() if namespace)
+        table = scan_processes(namespace for namespace in namespaces.values() if namespace)
         image = self.shared_image()
         cache: dict[str, str | None] = {}
         views = []
@@ -371,7 +387,7 @@ class Lab:
             if namespace is None:
                 views.append(NodeView(node.name, index, powered=False))
                 continue
-            own = processes.get(namespace, [])
+            own = table.by_namespace.get(namespace, [])
             comms = {process.comm for process in own if process.state != "Z"}
             try:
                 health: str | None = node.machine.path(node.config.paths.health_file).read_text().strip()
@@ -383,7 +399,7 @@ class Lab:
                     index,
                     powered=True,
                     shared_mounts=tuple(mounts_of_image(node.machine.mountinfo(), image, cache)),
-                    containers=tuple(running_containers(own)),
+                    containers=tuple(running_containers(own, table.live_children)),
                     keepalived="keepalived" in comms,
                     agent=AGENT_COMM in comms,
                     health=health,

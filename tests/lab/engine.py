@@ -14,6 +14,7 @@ import io
 import logging
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
 _BUSYBOX = Path("/bin/busybox")
+_TESTS_DIR = Path(__file__).resolve().parent.parent
 _STARTUP_TIMEOUT = 30.0
 
 
@@ -150,6 +152,19 @@ class NodeEngine:
     def client(self, timeout: float = 30.0) -> docker.APIClient:
         return docker.APIClient(base_url=self.socket_url, version="1.41", timeout=timeout)
 
+    def start_health_timer(self) -> None:
+        """Start the node's stand-in for podman's health check timers (see lab.healthtimer)."""
+        argv = [
+            "env",
+            f"PYTHONPATH={_TESTS_DIR}",
+            sys.executable,
+            "-m",
+            "lab.healthtimer",
+            "--socket",
+            str(self.socket_path),
+        ]
+        self.node.spawn("healthtimer", argv)
+
     def podman(self, *args: str, timeout: float = 60.0) -> str:
         """Run a podman command inside the node against its storage and return its output."""
         argv = ["env", *(f"{key}={value}" for key, value in self.environment().items()), *self.podman_argv(), *args]
@@ -174,7 +189,10 @@ class NodeEngine:
                 if name in existing:
                     continue
                 volume, target = SERVICE_VOLUMES.get(service, ("postfix-vol-1", "/data"))
-                host_config = client.create_host_config(network_mode="host", binds=[f"{data_dir / volume}:{target}:rw"])
+                # A bind mount (not a volume bind) fails when its source is missing, where a `-v`
+                # bind would create it on the root disk under an unmounted mount point.
+                mount = docker.types.Mount(target, str(data_dir / volume), type="bind")
+                host_config = client.create_host_config(network_mode="host", mounts=[mount])
                 client.create_container(
                     LAB_IMAGE,
                     name=name,
@@ -185,6 +203,12 @@ class NodeEngine:
                         COMPOSE_NUMBER_LABEL: "1",
                     },
                     environment={"SERVICE_NAME": service},
+                    healthcheck={
+                        "test": ["CMD-SHELL", "test -f /tmp/healthy"],
+                        "interval": 1_000_000_000,
+                        "timeout": 2_000_000_000,
+                        "retries": 1,
+                    },
                     host_config=host_config,
                     stop_signal="SIGTERM",
                 )

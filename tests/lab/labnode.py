@@ -92,6 +92,7 @@ class LabNode:
         self.database.mount_volume()
         self.database.initialize()
         self.engine.start()
+        self.engine.start_health_timer()
         self.engine.import_image(image_tar)
         self.engine.create_project(self.config.mailcow.critical_services)
 

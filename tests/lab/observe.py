@@ -69,33 +69,44 @@ class _Process:
     namespace: str
 
 
-def scan_processes(namespaces: Iterable[str]) -> dict[str, list[_Process]]:
-    """Return the live processes of each PID namespace (by its `pid:[inode]` link), in one /proc pass."""
+@dataclass(frozen=True)
+class ProcessTable:
+    """One pass over /proc: each wanted PID namespace's processes, and every live process's parent."""
+
+    by_namespace: dict[str, list[_Process]]
+    live_children: dict[int, list[int]]
+    """Parent pid -> pids of its live children, in any namespace (a container's init is in its own)."""
+
+
+def scan_processes(namespaces: Iterable[str]) -> ProcessTable:
+    """Read every process once and sort the wanted PID namespaces' processes out (by `pid:[inode]`)."""
     wanted = set(namespaces)
     found: dict[str, list[_Process]] = {namespace: [] for namespace in wanted}
+    children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            namespace = os.readlink(f"/proc/{entry.name}/ns/pid")
-            if namespace not in wanted:
-                continue
             with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as stream:
                 text = stream.read()
+            namespace = os.readlink(f"/proc/{entry.name}/ns/pid")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         comm = text[text.index("(") + 1 : text.rindex(")")]
         fields = text[text.rindex(")") + 2 :].split()
-        found[namespace].append(_Process(int(entry.name), int(fields[1]), comm, fields[0], namespace))
-    return found
+        process = _Process(int(entry.name), int(fields[1]), comm, fields[0], namespace)
+        if process.state != "Z":
+            children.setdefault(process.ppid, []).append(process.pid)
+        if namespace in wanted:
+            found[namespace].append(process)
+    return ProcessTable(found, children)
 
 
-def running_containers(processes: list[_Process]) -> list[str]:
-    """Return the container names of `conmon` processes that still have a live child."""
-    parents = {process.ppid for process in processes if process.state != "Z"}
+def running_containers(processes: list[_Process], live_children: dict[int, list[int]]) -> list[str]:
+    """Return the container names of the `conmon` processes that still have a live child."""
     names = []
     for process in processes:
-        if process.comm != "conmon" or process.pid not in parents:
+        if process.comm != "conmon" or not live_children.get(process.pid):
             continue
         try:
             argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")

@@ -1,0 +1,207 @@
+"""One scenario on a running lab: traffic and observers around a fault, then the verdict.
+
+    with Scenario(lab, "container-crash", artifacts) as scenario:
+        master = scenario.wait_for_service()
+        fault_at = scenario.inject("container crash", lambda: faults.crash_container(master))
+        new_master = scenario.wait_for_new_master(master, timeout=30)
+        timeline = scenario.timeline("container crash", fault_at, master)
+        scenario.assert_invariants(before=fault_at)
+
+On a failure inside the block, the scenario copies every node's logs (agent, keepalived,
+MariaDB, podman), the fake cloud's logs and event records, and its own samples, violations
+and attempts into `<artifacts>/<name>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lab import cloudhost
+from lab.cluster import Lab
+from lab.faults import wait_for
+from lab.invariants import InvariantSampler, Violation, mail_ids_on_volume, missing
+from lab.labnode import LabNode
+from lab.nodeconfig import PROJECT_NAME
+from lab.shell import LabError
+from lab.timeline import Timeline, build_timeline
+from lab.traffic import DatabaseWriter, MailClient
+from lab.vrrp import VrrpWatcher
+
+log = logging.getLogger(__name__)
+
+SPOOL = Path(PROJECT_NAME) / "vmail-vol-1" / "lab" / "new"
+"""Where the lab's SMTP service keeps accepted mails, below the shared volume's mount point."""
+
+
+class Scenario:
+    """Traffic, observers and the invariant checks around one fault."""
+
+    def __init__(self, lab: Lab, name: str, artifacts: Path | None = None, *, route_bound: float = 3.0) -> None:
+        self.lab = lab
+        self.name = name
+        self.artifacts = artifacts
+        address = lab.floating_addresses()[0]
+        self.mail = MailClient(lab.network.client_ns, address)
+        self.writer = DatabaseWriter(lab.network.ops_ns, self._database_targets, lab.secrets.galera_password)
+        self.vrrp = VrrpWatcher(lab.network.private_ns)
+        self.public_ips = {node.name: node.server.public_ip for node in lab.nodes.values()}
+        self.sampler = InvariantSampler(lab.view, self.public_ips, route_bound=route_bound)
+        self.notes: list[str] = []
+
+    def __enter__(self) -> Scenario:
+        self.vrrp.start()
+        self.sampler.start()
+        self.mail.start()
+        self.writer.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.mail.stop()
+        self.writer.stop()
+        self.sampler.stop()
+        self.vrrp.stop()
+        if error is not None:
+            self.keep_artifacts(f"{kind.__name__ if kind else 'error'}: {error}")
+
+    # --- who serves --------------------------------------------------------------------------
+
+    def serving(self) -> list[LabNode]:
+        view = self.lab.view()
+        return [self.lab.node_by_name(name) for name in view.serving]
+
+    def _database_targets(self) -> list[str]:
+        serving = [node.server.private_ip for node in self.serving()]
+        others = [node.server.private_ip for node in self.lab.nodes.values() if node.server.private_ip not in serving]
+        return serving + others
+
+    def wait_for_service(self, timeout: float = 60.0) -> LabNode:
+        """Wait until exactly one node runs every critical container and a mail got through; return it."""
+        since = time.monotonic()
+        critical = len(next(iter(self.lab.nodes.values())).config.mailcow.critical_services)
+
+        def one_master_serving() -> LabNode | None:
+            view = self.lab.view()
+            if len(view.serving) != 1 or len(view.node(view.serving[0]).containers) < critical:
+                return None
+            if self.mail.first_success_after(since) is None:
+                return None
+            return self.lab.node_by_name(view.serving[0])
+
+        return wait_for(one_master_serving, timeout, "one node serving mail through the floating IP")
+
+    def wait_for_new_master(self, old: LabNode, timeout: float) -> LabNode:
+        """Wait until a node other than `old` serves and the client got a mail through after the fault."""
+        since = time.monotonic()
+        critical = len(old.config.mailcow.critical_services)
+
+        def other_node_serving() -> LabNode | None:
+            view = self.lab.view()
+            if view.serving != [name for name in view.serving if name != old.name] or len(view.serving) != 1:
+                return None
+            if len(view.node(view.serving[0]).containers) < critical or self.mail.first_success_after(since) is None:
+                return None
+            return self.lab.node_by_name(view.serving[0])
+
+        return wait_for(other_node_serving, timeout, f"a node other than {old.name} serving mail")
+
+    # --- faults and verdicts -----------------------------------------------------------------
+
+    def inject(self, label: str, action: Callable[[], object]) -> float:
+        """Run a fault and return the monotonic time just before it."""
+        fault_at = time.monotonic()
+        action()
+        self.notes.append(f"{fault_at:.3f} fault: {label}")
+        log.info("scenario %s: fault %s injected", self.name, label)
+        return fault_at
+
+    def timeline(self, title: str, fault: str, fault_at: float, old_master: LabNode) -> Timeline:
+        views, _ = self.sampler.snapshot()
+        critical = len(old_master.config.mailcow.critical_services)
+        return build_timeline(
+            title=title,
+            fault=fault,
+            fault_at=fault_at,
+            old_master=old_master.name,
+            views=views,
+            adverts=self.vrrp.adverts(),
+            hook_events=cloudhost.read_hook_events(self.lab.lab_dir),
+            mail_attempts=self.mail.attempts(),
+            private_ips={node.name: node.server.private_ip for node in self.lab.nodes.values()},
+            public_ips=self.public_ips,
+            shared_volume_id=self.lab.require_layout().shared_volume_id,
+            critical_containers=critical,
+        )
+
+    def violations(self) -> list[Violation]:
+        return self.sampler.snapshot()[1]
+
+    def missing_mails(self, before: float, master: LabNode) -> list[str]:
+        """Return the mails acknowledged before `before` that are not on the shared volume now."""
+        spool = master.machine.path(master.config.paths.mount_point) / SPOOL
+        return missing(self.mail.acknowledged(before), mail_ids_on_volume(spool))
+
+    def missing_rows(self, before: float) -> list[str]:
+        """Return the rows acknowledged before `before` that no Primary member has now."""
+        for node in self.lab.nodes.values():
+            status = node.database.try_status()
+            if status is None or not status.synced_primary:
+                continue
+            rows = node.database.execute("SELECT id FROM lab.writes")
+            return missing(self.writer.acknowledged(before), {str(row[0]) for row in rows})
+        raise LabError("no Galera member is Synced in a Primary component; the rows cannot be checked")
+
+    def assert_invariants(self, before: float, master: LabNode) -> None:
+        """Fail with every broken invariant: samples, mails and rows acknowledged before `before`."""
+        problems = [f"{violation.rule}: {violation.detail}" for violation in self.violations()]
+        lost_mails = self.missing_mails(before, master)
+        if lost_mails:
+            problems.append(f"{len(lost_mails)} acknowledged mail(s) missing from the shared volume: {lost_mails[:5]}")
+        lost_rows = self.missing_rows(before)
+        if lost_rows:
+            problems.append(f"{len(lost_rows)} acknowledged Galera row(s) missing: {lost_rows[:5]}")
+        if self.sampler.errors:
+            problems.append(f"{len(self.sampler.errors)} sample(s) failed: {self.sampler.errors[:3]}")
+        if problems:
+            raise AssertionError("invariants broken:\n  " + "\n  ".join(problems))
+
+    # --- artifacts ---------------------------------------------------------------------------
+
+    def keep_artifacts(self, reason: str) -> Path | None:
+        """Copy every log and record of this scenario into `<artifacts>/<name>/`; return the directory."""
+        if self.artifacts is None:
+            return None
+        target = self.artifacts / self.name
+        target.mkdir(parents=True, exist_ok=True)
+        for node in self.lab.nodes.values():
+            if node.machine.log_dir.exists():
+                shutil.copytree(node.machine.log_dir, target / node.name, dirs_exist_ok=True)
+        cloud_dir = self.lab.lab_dir / cloudhost.CLOUD_DIR
+        for name in ("cloud.log", cloudhost.EVENTS_FILE, "pulumi.log"):
+            if (cloud_dir / name).exists():
+                shutil.copy2(cloud_dir / name, target / f"cloud-{name}")
+        views, violations = self.sampler.snapshot()
+        summary: dict[str, Any] = {
+            "reason": reason,
+            "notes": self.notes,
+            "violations": [asdict(violation) for violation in violations],
+            "sample_errors": self.sampler.errors,
+            "mail_attempts": [asdict(attempt) for attempt in self.mail.attempts()],
+            "database_attempts": [asdict(attempt) for attempt in self.writer.attempts()],
+            "vrrp_adverts": [asdict(advert) for advert in self.vrrp.adverts()],
+        }
+        (target / "scenario.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        (target / "views.jsonl").write_text(
+            "".join(json.dumps(asdict(view), default=str) + "\n" for view in views), encoding="utf-8"
+        )
+        log.error("scenario %s failed; logs kept in %s", self.name, target)
+        return target
