@@ -8,10 +8,14 @@ MASTER and finish its promote. It releases every hold at the end, also when a st
 The target's promote is recorded in its history as a switchover and is not counted by the
 circuit breaker.
 
-The interruption is the master's demote, one election (about one advertisement interval,
+The interruption is the master's demote, one election (well under one advertisement interval,
 because the master leaves with a priority-0 advertisement) and the target's promote. An
-automatic failover spends detection and election time instead of the demote, and moves the
-volume away from a node that may still write to it.
+automatic failover spends failure detection instead of the demote, and detaches the volume from
+a node that may still write to it.
+
+NOTE: a switchover interrupts longer than an automatic failover when the master's clean demote
+(stopping mailcow's containers, unmounting) takes longer than failure detection. That is the
+price of never detaching the volume under a running mail server; docs/benchmarks.md has figures.
 """
 
 from __future__ import annotations
