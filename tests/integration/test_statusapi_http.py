@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -14,11 +15,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from harness.nodeconfig import deep_update, node_config_dict
 from mailcow_ha.agent.apiauth import signed_headers
 from mailcow_ha.agent.snapshot import GaleraSnapshot, NodeSnapshot
 from mailcow_ha.agent.statusapi import ActionInputError, StatusApi
 from mailcow_ha.agent.statusclient import StatusApiError, StatusClient
+from mailcow_ha.config import parse_config
 from mailcow_ha.errors import ConfigError, DatabaseError, Refused
+from mailcow_ha.failover.history import HistoryStore, RecordKind, RecordOutcome
 
 pytestmark = pytest.mark.integration
 
@@ -367,3 +371,28 @@ def test_concurrent_reads(node):
         thread.join(10)
 
     assert errors == []
+
+
+def test_history_served_from_state_dir(tmp_path):
+    address = f"127.{random.randrange(1, 250)}.{random.randrange(1, 250)}.1"
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        port = probe.getsockname()[1]
+    document = deep_update(node_config_dict(), "node.private_ip", address)
+    document = deep_update(document, "status_api.port", port)
+    document = deep_update(document, "paths.state_dir", str(tmp_path / "state"))
+    config = parse_config(document)
+    store = HistoryStore(config.paths.state_dir)
+    record = store.finish(
+        store.start(RecordKind.SWITCHOVER, "mailcow-ha-test-1", "switchover from node-2"), RecordOutcome.SUCCEEDED, ()
+    )
+    api = StatusApi.from_config(config, make_snapshot)
+    api.start()
+    try:
+        client = StatusClient.from_config(config)
+
+        assert client.history(address) == [record]
+        (tmp_path / "state" / "history.json").write_text("{broken")
+        assert client.history(address) == []
+    finally:
+        api.stop()

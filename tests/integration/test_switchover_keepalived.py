@@ -7,14 +7,19 @@ keepalived's own.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from harness.keepalived import keepalived_available
-from harness.switchoverlab import SwitchoverLab
-from mailcow_ha.errors import Refused
+from harness.nodeconfig import node_config_dict, write_node_config
+from harness.switchoverlab import CLUSTER, SECRET, SwitchoverLab
+from mailcow_ha.cli import main
+from mailcow_ha.errors import ExitCode, Refused
 from mailcow_ha.ops.status import fetch_snapshots
 from mailcow_ha.ops.switchover import Coordinator, SwitchoverFailed, SwitchoverTimings, plan_switchover
 
@@ -174,3 +179,86 @@ def test_automatic_failover_still_works(healthy_lab):
     assert new_master.promote_kinds[-1] == "failover"
     assert lab.timeline.max_serving_at_once() == 1
     master.failing = None
+
+
+def write_lab_config(lab: SwitchoverLab, directory: Path) -> Path:
+    """Write a node config for node 1 whose peers are the lab's stand-in agents."""
+    first = lab.agents[0]
+    document = node_config_dict(
+        cluster=CLUSTER,
+        node={"name": first.name, "index": first.vrrp.index, "private_ip": first.address},
+        peers=[{"name": a.name, "index": a.vrrp.index, "private_ip": a.address} for a in lab.agents],
+        status_api={"port": lab.port, "secret": SECRET},
+        paths={"state_dir": str(directory / "state"), "run_dir": str(directory / "run")},
+        deadlines={
+            "transition_lock": 5.0,
+            "containers_stop": 5.0,
+            "holders_term": 1.0,
+            "unmount": 5.0,
+            "promote": 20.0,
+        },
+    )
+    return write_node_config(directory / "node.yaml", document)
+
+
+def test_cli_switchover_status_history(healthy_lab, tmp_path, capsys):
+    lab = healthy_lab
+    config = str(write_lab_config(lab, tmp_path))
+    master = lab.wait_master(5)
+    target = next(agent for agent in lab if agent is not master)
+
+    switched = main(["--config", config, "switchover", "--to", target.name, "--yes", "--json"])
+    result = json.loads(capsys.readouterr().out)
+
+    assert switched == ExitCode.OK
+    assert result["master"] == master.name
+    assert result["target"] == target.name
+    assert lab.wait_master(10) is target
+    lab.wait_states({agent.name: "BACKUP" for agent in lab if agent is not target}, 10)
+
+    shown = main(["--config", config, "status", "--no-cloud", "--json"])
+    status = json.loads(capsys.readouterr().out)
+
+    assert shown == ExitCode.OK
+    assert status["master"] == target.name
+    assert status["problems"] == []
+    assert [member["name"] for member in status["members"]] == [agent.name for agent in lab]
+
+    assert main(["--config", config, "status", "--no-cloud", "--prometheus"]) == ExitCode.OK
+    metrics = capsys.readouterr().out
+    assert f'mailcow_ha_vrrp_state{{node="{target.name}",state="MASTER"}} 1' in metrics
+    assert 'mailcow_ha_has_master{cluster="switchover-lab"} 1' in metrics
+
+    listed = main(["--config", config, "history"])
+    history = capsys.readouterr().out
+
+    assert listed == ExitCode.DEGRADED
+    assert "no failovers or switchovers recorded" in history
+    # Stand-in agents serve no history; node 1's own (empty) file stands in for its agent.
+    assert f"history of {lab.agents[0].name} incomplete" not in history
+    for agent in lab.agents[1:]:
+        assert f"history of {agent.name} incomplete: history of {agent.name}" in history
+
+
+def test_cli_switchover_rejected_exit_code(healthy_lab, tmp_path, capsys):
+    lab = healthy_lab
+    config = str(write_lab_config(lab, tmp_path))
+    master = lab.wait_master(5)
+
+    code = main(["--config", config, "switchover", "--to", master.name, "--yes"])
+
+    assert code == ExitCode.REFUSED
+    assert lab.masters() == [master]
+
+
+def test_cli_switchover_needs_yes_without_terminal(healthy_lab, tmp_path, capsys, monkeypatch):
+    lab = healthy_lab
+    config = str(write_lab_config(lab, tmp_path))
+    master = lab.wait_master(5)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+    code = main(["--config", config, "switchover"])
+
+    assert code == ExitCode.USAGE
+    assert "add --yes" in capsys.readouterr().err
+    assert lab.masters() == [master]
