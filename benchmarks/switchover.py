@@ -1,7 +1,7 @@
 """Measure how long mail is not served in a switchover, and in an automatic failover, on real keepalived.
 
 Three keepalived daemons run in network namespaces with the production keepalived.conf
-(`state BACKUP`, `nopreempt`, unicast); stand-in agents (tests/harness/switchoverlab.py)
+(`state BACKUP`, `nopreempt`, unicast). Stand-in agents (tests/harness/switchoverlab.py)
 simulate promote and demote with fixed durations, the same in both cases, so only the
 orchestration differs:
 - switchover: `mailcow-ha switchover`'s coordinator moves the service to the lowest-priority

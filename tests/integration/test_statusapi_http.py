@@ -81,7 +81,7 @@ def node() -> Iterator[Node]:
         running.calls.append(dict(params))
         return {"echo": params}
 
-    def refuse(params):
+    def reject(params):
         raise Refused("node-b is not in the primary component")
 
     def bad_input(params):
@@ -99,7 +99,7 @@ def node() -> Iterator[Node]:
 
     for name, handler in [
         ("echo", echo),
-        ("refuse", refuse),
+        ("refuse", reject),
         ("bad-input", bad_input),
         ("crash", crash),
         ("database", database),

@@ -216,10 +216,10 @@ def test_cli_switchover_status_history(healthy_lab, tmp_path, capsys):
     assert lab.wait_master(10) is target
     lab.wait_states({agent.name: "BACKUP" for agent in lab if agent is not target}, 10)
 
-    shown = main(["--config", config, "status", "--no-cloud", "--json"])
+    status_code = main(["--config", config, "status", "--no-cloud", "--json"])
     status = json.loads(capsys.readouterr().out)
 
-    assert shown == ExitCode.OK
+    assert status_code == ExitCode.OK
     assert status["master"] == target.name
     assert status["problems"] == []
     assert [member["name"] for member in status["members"]] == [agent.name for agent in lab]
@@ -234,7 +234,7 @@ def test_cli_switchover_status_history(healthy_lab, tmp_path, capsys):
 
     assert listed == ExitCode.DEGRADED
     assert "no failovers or switchovers recorded" in history
-    # Stand-in agents serve no history; node 1's own (empty) file stands in for its agent.
+    # Stand-in agents serve no history, so node 1's command reads its own (empty) file for node 1.
     assert f"history of {lab.agents[0].name} incomplete" not in history
     for agent in lab.agents[1:]:
         assert f"history of {agent.name} incomplete: history of {agent.name}" in history
