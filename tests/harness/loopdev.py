@@ -2,9 +2,9 @@
 
 A LoopVolume is a sparse image file with a loop device on it, formatted ext4 with multi-mount
 protection (MMP) and a 1 s `mmp_update_interval`, so a mount after an unclean detach waits
-about 11 s instead of the 21 s of the default interval (the kernel waits 2 * max(2 * interval,
-5) + 1 s). A second loop device on the same file behaves like a second server seeing the same
-disk: with MMP, the kernel rejects the second mount.
+about 11 s instead of the 21 s of the default interval (the kernel waits about
+2 * max(2 * interval, 5) + 1 s). A second loop device on the same file behaves like a second
+server seeing the same disk: with MMP, the kernel rejects the second mount.
 
 DeviceDirectory stands in for udev's /dev/disk/by-id on one server: a link
 `scsi-0HC_Volume_<id>` appears when the fake cloud API attaches that volume to the server and
