@@ -167,3 +167,12 @@ def test_recovering_probe_reason() -> None:
 
     assert not verdict.healthy
     assert verdict.reason == "mount: recovering, not enough consecutive passes yet"
+
+
+def test_decided_with_fewer_probes() -> None:
+    inputs = VerdictInputs(role=Role.STANDBY, records=records(containers=True), configured=frozenset({CONTAINERS}))
+
+    verdict = decide_verdict(inputs)
+
+    assert verdict.decided
+    assert verdict.reason == "standby: all probes pass"

@@ -25,14 +25,27 @@ RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
 
 
+class StreamConnected:
+    """Passed to `on_event` each time the stream (re)opens: events may have been missed before it."""
+
+
+STREAM_CONNECTED = StreamConnected()
+
+
 def is_relevant(event: ContainerEvent) -> bool:
     return event.action in RELEVANT_ACTIONS or event.action.startswith("health_status")
 
 
 class EventWatcher:
-    """A thread that passes the project's relevant container events to `on_event`."""
+    """A thread that passes the project's relevant container events to `on_event`.
 
-    def __init__(self, engine: Engine, project: str, on_event: Callable[[ContainerEvent], None]) -> None:
+    After every (re)connection it passes STREAM_CONNECTED, so the agent re-runs the container
+    probe for whatever happened while the stream was closed.
+    """
+
+    def __init__(
+        self, engine: Engine, project: str, on_event: Callable[[ContainerEvent | StreamConnected], None]
+    ) -> None:
         self.engine = engine
         self.project = project
         self._on_event = on_event
@@ -69,6 +82,7 @@ class EventWatcher:
                 self._stream = stream
             self.connected = True
             log.info("watching container events of compose project %s", self.project)
+            self._on_event(STREAM_CONNECTED)
             try:
                 for event in stream:
                     pause = RECONNECT_INITIAL

@@ -32,7 +32,7 @@ from mailcow_ha.agent.decisions import (
     plan_master_resume,
     plan_resume,
 )
-from mailcow_ha.agent.events import EventWatcher
+from mailcow_ha.agent.events import EventWatcher, StreamConnected
 from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.report import AgentView, build_snapshot
 from mailcow_ha.agent.snapshot import BreakerSnapshot, NodeSnapshot
@@ -77,7 +77,7 @@ class AgentParts:
     containers: ContainerProbe | None = None
     mount: MountProbe | None = None
     floating_ips: FloatingIpProbe | None = None
-    events: Callable[[Callable[[ContainerEvent], None]], EventWatcher] | None = None
+    events: Callable[[Callable[[ContainerEvent | StreamConnected], None]], EventWatcher] | None = None
     guardian: Guardian | None = None
     health_override: HealthOverride | None = None
     """A switchover's hold, applied on top of the verdict."""
@@ -95,7 +95,7 @@ class Agent:
         self.parts = parts
         self.config = parts.config
         self._clock = clock
-        self._inbox: queue.Queue[FifoMessage | ContainerEvent | TransitionOutcome] = queue.Queue()
+        self._inbox: queue.Queue[FifoMessage | ContainerEvent | StreamConnected | TransitionOutcome] = queue.Queue()
         self._stopping = threading.Event()
         self._vrrp_state: VrrpState | None = None
         self._vrrp_since: float | None = None
@@ -117,6 +117,8 @@ class Agent:
         self.runner = parts.runner_factory(self._inbox.put)
         self.fifo = FifoReader(self.config.paths.keepalived_fifo, self.config.keepalived.instance, self._inbox.put)
         self._watcher: EventWatcher | None = None
+        self.events_connected = False
+        """True once the engine's event stream opened (and stays so: the poll covers a reconnect)."""
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -166,7 +168,7 @@ class Agent:
         self._housekeeping()
         self._evaluate()
 
-    def _handle(self, item: FifoMessage | ContainerEvent | TransitionOutcome) -> None:
+    def _handle(self, item: FifoMessage | ContainerEvent | StreamConnected | TransitionOutcome) -> None:
         if isinstance(item, FifoMessage):
             log.info("keepalived reports %s (priority %s)", item.state, item.priority)
             self._set_vrrp(item.state)
@@ -175,6 +177,9 @@ class Agent:
             log.debug("container event %s for %s", item.action, item.name or item.container_id[:12])
             if self.parts.containers is not None:
                 self.parts.containers.note_event(item)
+            self.parts.monitor.request(CONTAINERS)
+        elif isinstance(item, StreamConnected):
+            self.events_connected = True
             self.parts.monitor.request(CONTAINERS)
         else:
             self._next_breaker_read = 0.0
@@ -218,6 +223,7 @@ class Agent:
                 else maintenance_mode.describe(maintenance, now),
                 grace=self._in_grace(role, now),
                 failed_transition=failed_promote(status, now=now, hold=self.config.health.failed_transition_hold),
+                configured=monitor.names,
             )
         )
         override = self.parts.health_override() if self.parts.health_override is not None else None

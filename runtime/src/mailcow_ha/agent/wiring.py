@@ -17,7 +17,7 @@ from mailcow_ha.adapters.engine import ContainerEvent, Engine
 from mailcow_ha.adapters.galera import GaleraClient
 from mailcow_ha.adapters.hetzner import HetznerCloud
 from mailcow_ha.adapters.keepalived import HealthFile, KeepalivedProcess
-from mailcow_ha.agent.events import EventWatcher
+from mailcow_ha.agent.events import EventWatcher, StreamConnected
 from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.main import Agent, AgentParts
 from mailcow_ha.agent.membership import MembershipSync, load_membership
@@ -108,7 +108,7 @@ def build_agent(config: NodeConfig, alerter: Alerter, *, initially_failing: bool
             on_outcome=on_outcome,
         )
 
-    def events(on_event: Callable[[ContainerEvent], None]) -> EventWatcher:
+    def events(on_event: Callable[[ContainerEvent | StreamConnected], None]) -> EventWatcher:
         engine = Engine(config.paths.docker_socket, request_timeout=config.deadlines.engine_request)
         return EventWatcher(engine, config.mailcow.project_name, on_event)
 

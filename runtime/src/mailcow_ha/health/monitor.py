@@ -49,6 +49,11 @@ class HealthMonitor:
         return dict(self._records)
 
     @property
+    def names(self) -> frozenset[str]:
+        """The names of the probes this monitor runs."""
+        return frozenset(self._workers)
+
+    @property
     def role(self) -> Role:
         return self._role
 

@@ -121,6 +121,8 @@ class VerdictInputs:
     """A failover started recently and the containers have not passed since: container failures do not count."""
     failed_transition: str | None = None
     """The error of a promote that failed within `failed_transition_hold`, None otherwise."""
+    configured: frozenset[str] = frozenset(PROBE_NAMES)
+    """The probes this node runs; the verdict waits for the first run of each that counts."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
         reasons = "; ".join(f"{name}: {_failure(failing[name])}" for name in sorted(failing))
         return Verdict(False, reasons, tuple(sorted(ignored)))
 
-    missing = [name for name in sorted(_ROLE_PROBES[inputs.role]) if name not in inputs.records]
+    expected = _ROLE_PROBES[inputs.role] & inputs.configured
+    missing = [name for name in sorted(expected) if name not in inputs.records]
     if missing:
         reason = f"{inputs.role}: waiting for the first run of {', '.join(missing)}"
         return Verdict(True, reason, tuple(sorted(ignored)), decided=False)
