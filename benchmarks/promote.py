@@ -1,9 +1,9 @@
 """Measure promote end to end: from keepalived's MASTER to every critical container running and healthy.
 
-Runs the real promote (TransitionRunner, hcloud against the fake API on loopback, a loop-device
-ext4 volume with multi-mount protection, mailcow-like containers in podman's Docker API) several
-times on one node, demoting and handing the floating IP and the volume back to the other server
-between runs. The circuit breaker is reset before each run.
+Runs the real promote several times on one node: TransitionRunner, hcloud against the fake API
+on loopback, a loop-device ext4 volume with multi-mount protection, and mailcow-like containers
+in podman's Docker API. Between runs it demotes and hands the floating IP and the volume back
+to the other server. The circuit breaker is reset before each run.
 
 "overhead" is the time from `submit(MASTER)` to the promote's end, minus the two container steps
 (starting the containers and waiting for their health checks), which measure the engine. It

@@ -1,11 +1,14 @@
 """One cluster node for promote and demote tests, built from real parts and the fake cloud API.
 
-`failover_node(podman)` yields a FailoverNode: a fake Hetzner Cloud API served on loopback
-with a two-server cluster in it (this node is server 1; the volume and the floating IP start
-on server 2), a loop-device volume with ext4 and multi-mount protection prepared as
-`mailcow-ha init-data` leaves it, a device directory whose `scsi-0HC_Volume_<id>` link follows
-the fake's attachments for server 1, mailcow-like containers in a podman service, and a node
-config pointing every path at these. Everything is removed on exit, even after a failure.
+`failover_node(podman)` yields a FailoverNode with these parts:
+- a fake Hetzner Cloud API served on loopback, with a two-server cluster in it. This node is
+  server 1, and the volume and the floating IP start on server 2;
+- a loop-device volume with ext4 and multi-mount protection, prepared as `mailcow-ha init-data`
+  leaves it;
+- a device directory whose `scsi-0HC_Volume_<id>` link follows the fake's attachments for
+  server 1;
+- mailcow-like containers in a podman service, and a node config pointing every path at these.
+Everything is removed on exit, even after a failure.
 
 Run `python -m harness.failovernode promote CONFIG` to run an automatic promote (kind
 `failover`) in a separate process, for tests that kill it half-way.

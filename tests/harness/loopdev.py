@@ -1,9 +1,9 @@
 """Loop-device volumes with ext4 and multi-mount protection, and a fake /dev/disk/by-id directory.
 
 A LoopVolume is a sparse image file with a loop device on it, formatted ext4 with multi-mount
-protection (MMP) and a 1 s `mmp_update_interval`, so a mount after an unclean detach waits
-about 11 s instead of the 21 s of the default interval (the kernel waits about
-2 * max(2 * interval, 5) + 1 s). A second loop device on the same file behaves like a second
+protection (MMP) and a 1 s `mmp_update_interval`. A mount after an unclean detach then waits
+about 11 s instead of the 21 s of the default interval, because the kernel waits about
+2 * max(2 * interval, 5) + 1 s. A second loop device on the same file behaves like a second
 server seeing the same disk: with MMP, the kernel rejects the second mount.
 
 DeviceDirectory stands in for udev's /dev/disk/by-id on one server: a link

@@ -105,7 +105,7 @@ def test_demote_on_standby_noop(podman: PodmanService) -> None:
 
 def test_busy_submount_fails_loudly(master: FailoverNode) -> None:
     # Something mounted inside the volume keeps it busy without any process using it: the
-    # unmount fails with "target is busy", and demote says so, alerts and raises.
+    # unmount fails with "target is busy", and demote reports it, alerts and raises.
     submount = master.mount_point / master.project.name / "submount"
     submount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "mcha-test", str(submount)], check=True)
@@ -139,7 +139,7 @@ def test_busy_submount_fails_loudly(master: FailoverNode) -> None:
 
 
 def test_engine_down_fails_loudly(master: FailoverNode) -> None:
-    # The Docker API does not answer, so the containers keep running with the volume's file
+    # The Docker API does not respond, so the containers keep running with the volume's file
     # system bind-mounted in their own mount namespaces. Demote unmounts it here, but reports
     # that the file system stays active in those namespaces, naming the processes, and fails.
     document = master.config.model_dump(mode="json")

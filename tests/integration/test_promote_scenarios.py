@@ -54,7 +54,7 @@ def last_promote(node: FailoverNode) -> FailoverRecord:
 
 
 def assert_released(node: FailoverNode) -> None:
-    """Check that the node holds nothing locally: no container running, the volume not mounted."""
+    """Check that the node keeps nothing locally: no container running, the volume not mounted."""
     assert node.project.running() == [], dump_state(node.podman, node.project.name)
     assert not node.mounted()
     assert node.volume.mount_points() == []
@@ -102,7 +102,7 @@ def test_promote_twice_converges(node: FailoverNode) -> None:
 
 
 def test_locked_then_already_attached(node: FailoverNode) -> None:
-    # The volume's holder is powered off. Attach answers locked twice, then "already attached"
+    # The volume's holder is powered off. Attach returns locked twice, then "already attached"
     # because the old holder got the volume back meanwhile. Promote must retry, detach, wait
     # and attach, and mount nothing before the API shows the volume on this node.
     fake = node.env.fake
@@ -136,7 +136,7 @@ def test_locked_then_already_attached(node: FailoverNode) -> None:
 
 @pytest.mark.parametrize("action", ["error", "never"])
 def test_accepted_assign_not_done(podman: PodmanService, action: str) -> None:
-    # Assign answers 201, but the action ends in error or stays running past the deadline:
+    # Assign returns 201, but the action ends in error or stays running past the deadline:
     # the step fails, no container starts, the failure is recorded and alerted.
     with failover_node(podman, overrides={"deadlines.cloud_step": 2.0}) as node:
         node.env.fake.inject(operation="floating_ip.assign", action=action)
@@ -179,7 +179,7 @@ def test_rate_limit_waited_out(node: FailoverNode) -> None:
 
 
 def test_project_name_drift_rejected(podman: PodmanService) -> None:
-    # The volume holds the data of project "mailcow-dockerized" (the old compose name), the node
+    # The volume contains the data of project "mailcow-dockerized" (the old compose name), the node
     # expects another. Promote must stop with an error naming what exists, start nothing, and
     # leave the volume unmounted.
     with failover_node(podman, volume_project="mailcow-dockerized") as node:
@@ -417,7 +417,7 @@ def test_superseded_while_waiting_for_health(node: FailoverNode) -> None:
 
 
 def test_unmounted_mount_point_rejected(node: FailoverNode) -> None:
-    # The mount did not happen, but the bare directory holds what looks like the volume's data
+    # The mount did not happen, but the bare directory contains what looks like the volume's data
     # (a marker and the project directory on the root disk). It must not be accepted.
     write_marker(node.mount_point, VolumeMarker(node.config.cluster, node.cluster.volume_id, "2026-01-01T00:00:00Z"))
     (node.mount_point / node.project.name).mkdir()
@@ -429,8 +429,8 @@ def test_unmounted_mount_point_rejected(node: FailoverNode) -> None:
 
 
 def test_copy_on_root_disk_hidden_by_mount(node: FailoverNode, caplog: pytest.LogCaptureFixture) -> None:
-    # Files written into the bare mount point (a mount that once silently failed) are reported,
-    # then hidden by the real mount; promote checks the real volume's marker.
+    # Files written into the bare mount point by a mount that once silently failed are reported,
+    # then hidden by the real mount. Promote checks the real volume's marker.
     (node.mount_point / "stray-mail").mkdir(parents=True)
     failover = node.failover()
 

@@ -51,7 +51,7 @@ class BlockDevice:
 
 @dataclass(frozen=True)
 class FilesystemProbe:
-    """What blkid and the ext4 superblock report about a device."""
+    """The file system signature blkid finds on a device, with the ext4 superblock's features."""
 
     fstype: str | None
     uuid: str | None
@@ -165,7 +165,7 @@ def wait_for_device(
 def probe_filesystem(device: Path, *, timeout: float) -> FilesystemProbe:
     """Probe the file system signature on `device` with `blkid -p` (no cache) and read ext4 features."""
     result = run_tool(["blkid", "-p", "-o", "export", str(device)], action=f"blkid on {device}", timeout=timeout)
-    # blkid exits 2 when it finds no signature it knows.
+    # blkid exits 2 when it finds no known signature (blkid(8), util-linux 2.38).
     if result.returncode == 2:
         return FilesystemProbe(None, None, None, frozenset())
     if result.returncode != 0:
@@ -299,8 +299,8 @@ def _command(pid_dir: str) -> str:
 def find_holders(device_number: int, *, proc: Path = Path("/proc"), exclude: Iterable[int] = ()) -> list[Holder]:
     """Return every process that keeps the file system with `device_number` busy.
 
-    A process holds it through its working directory, root, executable, an open file, a mapped
-    file, or by living in another mount namespace in which the file system is mounted (a
+    A process keeps it busy through its working directory, root, executable, an open file, a
+    mapped file, or by living in another mount namespace in which the file system is mounted (a
     container that bind-mounts it, for example). Device numbers are compared rather than paths,
     so holders in other mount namespaces are found too. Processes that exit during the scan are
     skipped.
@@ -362,9 +362,9 @@ def stop_holders(
     """Send SIGTERM to every process using files on the file system, SIGKILL after `term_timeout`.
 
     Returns every holder left afterwards. Processes that only live in a mount namespace where
-    the file system is mounted (a container, or a namespace made while it was mounted) are never
-    signalled, because nothing shows whose they are; they are returned for the caller to report.
-    PID 1 and this process are never signalled either.
+    the file system is mounted are never signalled. Such a process may be a container or belong
+    to a namespace made while the file system was mounted, and nothing shows whose it is, so it
+    is returned for the caller to report. PID 1 and this process are never signalled either.
     """
     for signal_number, timeout in ((signal.SIGTERM, term_timeout), (signal.SIGKILL, kill_timeout)):
         targets = [holder for holder in find_holders(device_number) if holder.uses_files and holder.pid != 1]

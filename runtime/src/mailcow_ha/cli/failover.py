@@ -2,7 +2,7 @@
 
 promote and demote take the same transition lock as the agent, so they never run at the same
 time as an automatic transition. They are meant for recovery, with the agent stopped or its
-node in maintenance; with the agent running, keepalived decides the master and
+node in maintenance. While the agent runs, keepalived decides the master, and
 `mailcow-ha switchover` moves it on purpose.
 """
 

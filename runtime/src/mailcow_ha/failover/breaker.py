@@ -6,8 +6,8 @@ last `mailcow-ha breaker reset`, whichever is later. When `breaker.max_failovers
 counted, the next automatic promote is rejected with an alert, and the node stays demoted.
 
 Two cases are not counted:
-- A promote on a node that already has the shared volume mounted resumes an existing master
-  (after an agent restart, for example); it moves nothing.
+- A promote on a node that already has the shared volume mounted resumes an existing master,
+  after an agent restart for example. It moves nothing.
 - The newest counted record is `interrupted`: the promote that died half-way is being retried,
   and the retry replaces it.
 

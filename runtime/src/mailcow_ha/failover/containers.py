@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _PARALLEL_REQUESTS = 8
 _READY_POLL_INTERVAL = 0.25
 _STOP_MARGIN = 2.0
-"""Seconds of the stop deadline kept back for the engine to answer after it sent SIGKILL."""
+"""Seconds of the stop deadline kept back for the engine to respond after it sent SIGKILL."""
 _ACTIVE_STATUSES = frozenset({"running", "restarting", "paused"})
 
 

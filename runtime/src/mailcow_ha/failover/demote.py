@@ -5,7 +5,8 @@ Steps: stop every running container of the compose project (bounded by
 (SIGTERM, SIGKILL after `deadlines.holders_term`), sync, unmount, and verify with the kernel's
 mount table. Every step runs even when an earlier one failed, because each releases more of the
 volume. A demote that cannot release the volume raises DemoteFailed and alerts DEMOTE_FAILED.
-Running it on a node that holds nothing changes nothing and writes no history record.
+On a node with no container running and the volume not mounted it changes nothing and
+writes no history record.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 The records live in `<state_dir>/history.json` (state.HISTORY_FILE), newest last, capped at
 MAX_RECORDS. A promote writes its record as `running` before it changes anything and rewrites
-it when it ends, so a record still `running` when the next transition starts belongs to a
-process that died half-way; `close_interrupted` marks it `interrupted`. The circuit breaker
-counts these records, and `mailcow-ha history` shows them.
+it when it ends. A record still `running` when the next transition starts therefore belongs to
+a process that died half-way, and `close_interrupted` marks it `interrupted`. The circuit
+breaker counts these records, and `mailcow-ha history` shows them.
 
 This module also keeps the failover start time (state.FAILOVER_START_FILE) from which the
 health check counts its grace period.
@@ -132,7 +132,7 @@ class FailoverRecord:
 
 @dataclass(frozen=True)
 class HistoryRead:
-    """The records read from the history file; `problem` says why they may be incomplete."""
+    """The records read from the history file; `problem` explains why they may be incomplete."""
 
     records: list[FailoverRecord]
     problem: str | None = None
@@ -152,7 +152,7 @@ def _is_history_document(value: Any) -> bool:
 class HistoryStore:
     """The history file in the state directory. Writes are atomic (state.write_json).
 
-    Only transitions write it, and they run one at a time under the transition lock; the
+    Only transitions write it, and they run one at a time under the transition lock. The
     in-process lock protects the read-modify-write against the few callers in other threads.
     """
 

@@ -151,7 +151,7 @@ class SharedVolume:
         if problem is not None:
             raise VolumeRejected(f"shared volume {device.describe()} rejected: {problem}")
         log.info(
-            "shared volume %s holds ext4 (UUID %s, features include mmp: %s)",
+            "shared volume %s contains ext4 (UUID %s, multi-mount protection: %s)",
             device.path,
             probe.uuid,
             "mmp" in probe.features,

@@ -99,7 +99,7 @@ class CancelToken:
     """Cancellation of one running transition, checked at every step boundary.
 
     `check` raises Superseded once `cancel` was called. `wait` is an interruptible sleep for
-    polling loops. `enter_step` records the current step for the status API. `trigger` says
+    polling loops. `enter_step` records the current step for the status API. `trigger` names
     what started the transition (such as "keepalived reported BACKUP"), for history records.
     """
 
