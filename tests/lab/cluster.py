@@ -99,6 +99,8 @@ class Lab:
     @classmethod
     def open(cls, lab_dir: Path) -> Lab:
         """Find a lab that an earlier process brought up, from its lab.json."""
+        # The real path, so that paths derived from it match what the kernel reports (loop devices).
+        lab_dir = lab_dir.resolve()
         try:
             description = json.loads((lab_dir / DESCRIPTION_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -299,7 +301,43 @@ class Lab:
 
         started = time.monotonic()
         self.start_runtime()
-        self._phase("agents and keepalived", started)
+        self.wait_for_master()
+        self.reset_breakers()
+        self._phase("first master", started)
+
+    def serving_node(self) -> LabNode | None:
+        """Return the node that runs every critical container and alone has the shared volume."""
+        view = self.view()
+        if len(view.serving) != 1 or view.mounted_on != view.serving:
+            return None
+        node = self.node_by_name(view.serving[0])
+        if len(view.node(node.name).containers) < len(node.config.mailcow.critical_services):
+            return None
+        return node
+
+    def wait_for_master(self, timeout: float = 120.0) -> LabNode:
+        """Wait until one node serves: mounted, every critical container up, the floating IPs on it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            node = self.serving_node()
+            if node is not None:
+                routes = floating_ip_routes(self.network.router_ns, self.floating_addresses())
+                if all(next_hop == node.server.public_ip for next_hop in routes.values()):
+                    return node
+            if time.monotonic() > deadline:
+                lines = "\n".join(self.status()["lines"])
+                raise LabError(f"no node became a serving master within {timeout:g} s:\n{lines}")
+            time.sleep(0.2)
+
+    def reset_breakers(self) -> None:
+        """Close every node's circuit breaker, as an operator does once the cluster is settled.
+
+        The first election after `up`, and every failover of a scenario, count as failovers onto
+        a node; without a reset the next scenario would meet an open breaker.
+        """
+        for node in self.nodes.values():
+            if node.machine.powered:
+                node.machine.run(self.runtime_command(node, "breaker", "reset"), timeout=30.0)
 
     def start_runtime(self, nodes: list[LabNode] | None = None) -> None:
         """Start each node's agent, then its keepalived (the order of their systemd units)."""
@@ -322,7 +360,9 @@ class Lab:
     def init_shared_volume(self) -> None:
         """Prepare the shared volume once, on the node the Pulumi program attached it to."""
         first = self.nodes[min(self.nodes)]
-        first.machine.run(self.runtime_command(first, "init-data"), timeout=120.0)
+        # NOTE: the shortest MMP interval still makes a mount after an unclean loss wait about 22 s
+        # (the kernel checks at least every 5 s, twice); the default of 5 s makes it about 42 s.
+        first.machine.run(self.runtime_command(first, "init-data", "--mmp-interval", "1"), timeout=120.0)
 
     def _create_database_users(self, node: LabNode) -> None:
         password = self.secrets.galera_password.replace("'", "''")

@@ -7,8 +7,9 @@ like its fstab entry would at boot; its socket and pid file are in the node's ow
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
+import pwd
 import signal
 import time
 from dataclasses import dataclass
@@ -55,24 +56,6 @@ class SavedPosition:
     safe_to_bootstrap: bool
 
 
-def lab_galera_inputs(rendered: GaleraInputs, log_file: Path) -> GaleraInputs:
-    """Return the node's rendered Galera inputs with tiny buffers, so 5 members fit in about 1 GB."""
-    return dataclasses.replace(
-        rendered,
-        socket=SOCKET,
-        pid_file=PID_FILE,
-        log_error=log_file,
-        buffer_pool_size="16M",
-        gcache_size="16M",
-        extra_mysqld={
-            "innodb_log_file_size": "8M",
-            "skip-name-resolve": None,
-            "max_connections": 60,
-            "performance_schema": "OFF",
-        },
-    )
-
-
 class NodeDatabase:
     """The Galera member of one lab node."""
 
@@ -82,7 +65,8 @@ class NodeDatabase:
         self.volume_link = volume_link
         self.data_dir = inputs.data_dir
         self.option_file = option_file
-        self.log_file = inputs.log_error
+        self.log_file = node.log_dir / "var-log" / inputs.log_error.relative_to("/var/log")
+        """The host path of the error log, which the node sees at `inputs.log_error` (see lab.nodeinit)."""
         self.start_script = node.node_dir / "bin" / "mariadb-start"
 
     def write_option_file(self) -> None:
@@ -98,7 +82,7 @@ class NodeDatabase:
         self.start_script.parent.mkdir(parents=True, exist_ok=True)
         self.start_script.write_text(
             _START_SCRIPT.format(
-                socket=SOCKET, socket_dir=SOCKET.parent, option_file=self.option_file, log_file=self.log_file
+                socket=SOCKET, socket_dir=SOCKET.parent, option_file=self.option_file, log_file=self.galera.log_error
             ),
             encoding="utf-8",
         )
@@ -107,7 +91,8 @@ class NodeDatabase:
     def mount_volume(self) -> None:
         """Mount the node's Galera volume on the data directory inside the node, as at boot."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.node.log_dir.chmod(0o777)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        os.chown(self.log_file.parent, *_mysql_ids())
         if not self.volume_link.exists():
             raise LabError(f"{self.node.name}: Galera volume {self.volume_link} is not attached")
         self.node.run(["mount", str(self.volume_link), str(self.data_dir)], timeout=30.0)
@@ -249,3 +234,8 @@ done
 echo "mariadbd did not accept connections within 120 s; see {log_file}" >&2
 exit 1
 """
+
+
+def _mysql_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam("mysql")
+    return entry.pw_uid, entry.pw_gid

@@ -31,15 +31,17 @@ IMAGE_SOURCES = Path(__file__).resolve().parent / "images"
 LAB_IMAGE = "localhost/mailcow-lab/service:latest"
 SMTP_SERVICE = "postfix-mailcow"
 SERVICE_VOLUMES = {
-    "postfix-mailcow": ("vmail-vol-1", "/var/vmail"),
-    "dovecot-mailcow": ("vmail-index-vol-1", "/data"),
-    "redis-mailcow": ("redis-vol-1", "/data"),
-    "rspamd-mailcow": ("rspamd-vol-1", "/data"),
-    "php-fpm-mailcow": ("sogo-web-vol-1", "/data"),
-    "nginx-mailcow": ("crypt-vol-1", "/data"),
-    "unbound-mailcow": ("postfix-vol-1", "/data"),
+    "postfix-mailcow": "vmail-vol-1",
+    "dovecot-mailcow": "vmail-index-vol-1",
+    "redis-mailcow": "redis-vol-1",
+    "rspamd-mailcow": "rspamd-vol-1",
+    "php-fpm-mailcow": "sogo-web-vol-1",
+    "nginx-mailcow": "crypt-vol-1",
+    "unbound-mailcow": "postfix-vol-1",
 }
-"""Each stand-in service's directory under `<mount point>/<project>/`, and where it is mounted."""
+"""Each stand-in service's data directory under `<mount point>/<project>/`."""
+CONTAINER_MOUNT = "/srv/mailcow-data"
+"""Where each container sees the shared volume's mount point."""
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
@@ -181,17 +183,16 @@ class NodeEngine:
 
     def create_project(self, services: Sequence[str]) -> None:
         """Create one stopped container per service, as `docker compose create` would, if missing."""
-        data_dir = self.mount_point / self.project
         with self.client() as client:
             existing = {name.lstrip("/") for container in client.containers(all=True) for name in container["Names"]}
             for service in services:
                 name = f"{self.project}-{service}-1"
                 if name in existing:
                     continue
-                volume, target = SERVICE_VOLUMES.get(service, ("postfix-vol-1", "/data"))
-                # A bind mount (not a volume bind) fails when its source is missing, where a `-v`
-                # bind would create it on the root disk under an unmounted mount point.
-                mount = docker.types.Mount(target, str(data_dir / volume), type="bind")
+                volume = SERVICE_VOLUMES.get(service, "postfix-vol-1")
+                # The containers bind the mount point itself, which always exists: podman creates a
+                # missing bind source, which would put the project's directories on the root disk.
+                mount = docker.types.Mount(CONTAINER_MOUNT, str(self.mount_point), type="bind")
                 host_config = client.create_host_config(network_mode="host", mounts=[mount])
                 client.create_container(
                     LAB_IMAGE,
@@ -202,7 +203,10 @@ class NodeEngine:
                         COMPOSE_SERVICE_LABEL: service,
                         COMPOSE_NUMBER_LABEL: "1",
                     },
-                    environment={"SERVICE_NAME": service},
+                    environment={
+                        "SERVICE_NAME": service,
+                        "SERVICE_DATA": f"{CONTAINER_MOUNT}/{self.project}/{volume}",
+                    },
                     healthcheck={
                         "test": ["CMD-SHELL", "test -f /tmp/healthy"],
                         "interval": 1_000_000_000,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.database import NodeDatabase, lab_galera_inputs
+from lab.database import NodeDatabase
 from lab.engine import NodeEngine
 from lab.node import NodeMachine
 from lab.nodeconfig import PROJECT_NAME, LabNodePaths, write_node_config
@@ -40,10 +40,9 @@ class LabNode:
         self.paths = LabNodePaths(machine.node_dir)
         self.document = document
         self.config: NodeConfig = parse_config(document, source=f"lab node config of {self.name}")
-        rendered = galera_inputs(self.config, self.peer_addresses)
         self.database = NodeDatabase(
             machine,
-            lab_galera_inputs(rendered, machine.log_dir / "mariadb.log"),
+            galera_inputs(self.config, self.peer_addresses),
             volume_link=self.paths.device_dir / device_link_name(server.db_volume_id),
             option_file=self.paths.galera_conf,
         )
@@ -71,6 +70,7 @@ class LabNode:
 
     def write_etc(self) -> None:
         """Write the node's resolv.conf (no resolver, so lookups fail at once) and hosts file."""
+        (self.machine.log_dir / "var-log").mkdir(parents=True, exist_ok=True)
         etc = self.machine.node_dir / "etc"
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(

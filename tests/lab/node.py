@@ -62,7 +62,8 @@ class NodeMachine:
         with open(self.log_dir / "init.log", "ab") as log_file:
             subprocess.Popen(
                 [sys.executable, "-m", "lab.nodeinit", "--netns", self.netns, "--hostname", self.name,
-                 "--pid-file", str(self.pid_file), "--etc-dir", str(self.node_dir / "etc")],
+                 "--pid-file", str(self.pid_file), "--etc-dir", str(self.node_dir / "etc"),
+                 "--log-dir", str(self.log_dir)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONPATH": str(_TESTS_DIR)}, start_new_session=True,
             )  # fmt: skip

@@ -147,7 +147,8 @@ def lab_node_config(
     document["deadlines"] = {
         "cloud_step": 20.0,
         "device": 10.0,
-        "mount": 10.0,
+        # ext4 multi-mount protection makes a mount after an unclean loss wait about 22 s.
+        "mount": 40.0,
         "containers_healthy": 30.0,
         "containers_stop": 10.0,
         "holders_term": 2.0,
@@ -164,6 +165,8 @@ def lab_node_config(
     document["keepalived"].update({"agent_process": None})
     document["galera"].update(
         {
+            "buffer_pool_size": "16M",
+            "gcache_size": "16M",
             "data_dir": str(paths.galera_data_dir),
             "defaults_file": str(paths.galera_conf),
             "start_command": [str(paths.mariadb_start)],

@@ -65,13 +65,17 @@ inside the lab would wait for the host's resolver, which the lab cannot reach (r
 lookup alone adds 5 s to each step of a Galera state transfer)."""
 
 
-def _run_init(hostname: str, etc_dir: Path | None) -> None:
+def _run_init(hostname: str, etc_dir: Path | None, log_dir: Path | None) -> None:
     """Set up the node's view of the system, then reap children until killed."""
     _check(_libc.sethostname(hostname.encode(), len(hostname)), f"sethostname {hostname}")
     if etc_dir is not None:
         for name in ETC_FILES:
             if (etc_dir / name).exists():
                 _mount(str(etc_dir / name), f"/etc/{name}", None, MS_BIND)
+    if log_dir is not None and (log_dir / "var-log").is_dir():
+        # The node's own /var/log (MariaDB's error log is /var/log/mysql/error.log), kept on the host
+        # with the node's other logs so that it outlives a power-off.
+        _mount(str(log_dir / "var-log"), "/var/log", None, MS_BIND)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64m")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostname", required=True, help="the node's host name")
     parser.add_argument("--pid-file", type=Path, required=True, help="where to write '<host pid> <start time>'")
     parser.add_argument("--etc-dir", type=Path, help="directory with the node's resolv.conf and hosts")
+    parser.add_argument("--log-dir", type=Path, help="the node's log directory; its var-log/ becomes /var/log")
     args = parser.parse_args(argv)
 
     # The host's /proc, opened before the init mounts the node's own /proc over it.
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     child = os.fork()
     if child == 0:
         try:
-            _run_init(args.hostname, args.etc_dir)
+            _run_init(args.hostname, args.etc_dir, args.log_dir)
         except BaseException as error:
             print(f"lab node init {args.hostname}: {error}", file=sys.stderr)
             os._exit(1)

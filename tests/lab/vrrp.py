@@ -19,7 +19,9 @@ from lab.nsexec import join_network_namespace
 
 log = logging.getLogger(__name__)
 
-_ETH_P_IP = 0x0800
+_ETH_P_ALL = 0x0003
+"""Every protocol: a bridge port's frames go to the bridge before any per-protocol socket sees them."""
+_ETHERTYPE_IPV4 = b"\x08\x00"
 _PACKET_OUTGOING = 4
 _VRRP_PROTOCOL = 112
 
@@ -60,7 +62,7 @@ class VrrpWatcher:
     def _run(self) -> None:
         try:
             join_network_namespace(self.namespace)
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_IP))
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         except OSError as error:
             self._error = f"VRRP watcher in {self.namespace}: {error}"
             self._ready.set()
@@ -96,7 +98,7 @@ class VrrpWatcher:
 
 def _parse(frame: bytes) -> Advert | None:
     """Return the advert in an Ethernet frame carrying IPv4 VRRP, or None for anything else."""
-    if len(frame) < 14 + 20 + 8:
+    if len(frame) < 14 + 20 + 8 or frame[12:14] != _ETHERTYPE_IPV4:
         return None
     ip_header = frame[14:]
     header_length = (ip_header[0] & 0x0F) * 4
