@@ -93,6 +93,9 @@ def test_promote_twice_converges(node: FailoverNode) -> None:
 
     assert first.outcome is RecordOutcome.SUCCEEDED
     assert second.outcome is RecordOutcome.SUCCEEDED
+    assert second.kind is RecordKind.RESUME
+    assert node.alerter.events() == [AlertEvent.FAILOVER_STARTED, AlertEvent.FAILOVER_SUCCEEDED]
+    assert [record.id for record in failover.breaker.status().counted] == [first.id]
     assert node.mounted()
     assert len(node.volume.mount_points()) == 1
     assert node.project.running() == ALL_SERVICES

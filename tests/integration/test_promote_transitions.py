@@ -167,6 +167,7 @@ def test_crash_after_mount_then_retry(node: FailoverNode) -> None:
     records = node.history()
     assert records[0].outcome is RecordOutcome.INTERRUPTED
     assert record.outcome is RecordOutcome.SUCCEEDED
+    assert record.kind is RecordKind.RESUME
     assert len(node.volume.mount_points()) == 1
     assert node.project.running() == ALL_SERVICES
     failover.close()

@@ -7,7 +7,7 @@ counted, the next automatic promote is rejected with an alert, and the node stay
 
 Two cases are not counted:
 - A promote on a node that already has the shared volume mounted resumes an existing master,
-  after an agent restart for example. It moves nothing.
+  after an agent restart for example. It moves nothing and is recorded as `resume`.
 - The newest counted record is `interrupted`: the promote that died half-way is being retried,
   and the retry replaces it.
 

@@ -41,6 +41,9 @@ class RecordKind(enum.StrEnum):
     """`mailcow-ha promote` run by an operator."""
     SWITCHOVER = "switchover"
     """A planned move to another node (`mailcow-ha switchover`)."""
+    RESUME = "resume"
+    """An automatic promote on a node that already had the shared volume mounted (after an agent
+    restart, or retrying a promote that died after mounting); not counted by the breaker."""
     DEMOTE = "demote"
 
 

@@ -113,20 +113,26 @@ class Promoter:
             f"promote ({self._config.deadlines.promote:g} s)", self._config.deadlines.promote, self._clock
         )
         record: FailoverRecord | None = None
-        log.info("promote of %s starting (%s, %s)", node, kind, reason)
         try:
             token.enter_step("breaker")
+            if kind is RecordKind.FAILOVER and self._volume.mounted_here() is not None:
+                # The volume is already mounted here: this node is the master and resumes (an
+                # agent restart, or a promote that died after mounting). It moves nothing new, so
+                # the breaker does not count it and the grace period does not start again.
+                kind = RecordKind.RESUME
+            log.info("promote of %s starting (%s, %s)", node, kind, reason)
             self._close_interrupted()
             with steps.step("breaker"):
                 self._check_breaker(kind, ignore_breaker, reason)
 
             record = self._history.new_record(kind, node, reason)
             self._write_state("its history record", lambda: self._history.save(record))
-            self._write_state(
-                "the failover start time",
-                lambda: write_failover_start(self._config.paths.state_dir, record.started_at, record.id),
-            )
-            self._alerter.send(AlertEvent.FAILOVER_STARTED, f"promote of {node} started: {reason}")
+            if kind is not RecordKind.RESUME:
+                self._write_state(
+                    "the failover start time",
+                    lambda: write_failover_start(self._config.paths.state_dir, record.started_at, record.id),
+                )
+                self._alerter.send(AlertEvent.FAILOVER_STARTED, f"promote of {node} started: {reason}")
 
             self._take_over(token, total, steps)
         except Exception as error:
@@ -136,9 +142,10 @@ class Promoter:
         assert record is not None
         finished = self._history.ended(record, RecordOutcome.SUCCEEDED, steps.steps)
         self._write_state("its history record", lambda: self._history.save(finished))
-        message = f"{node} is now the master; promote took {finished.duration or 0.0:.1f} s"
+        message = f"{node} is now the master; {kind} took {finished.duration or 0.0:.1f} s"
         log.info("%s", message)
-        self._alerter.send(AlertEvent.FAILOVER_SUCCEEDED, message, steps.durations())
+        if kind is not RecordKind.RESUME:
+            self._alerter.send(AlertEvent.FAILOVER_SUCCEEDED, message, steps.durations())
         return finished
 
     # --- the steps ------------------------------------------------------------------------------
@@ -258,7 +265,7 @@ class Promoter:
         if kind is not RecordKind.FAILOVER and ignore_breaker:
             log.warning("circuit breaker not consulted: %s with --ignore-breaker", kind)
             return
-        already_serving = self._volume.mounted_here() is not None
+        already_serving = kind is RecordKind.RESUME or self._volume.mounted_here() is not None
         decision = self._breaker.check(already_serving=already_serving)
         if not decision.allowed:
             try:
