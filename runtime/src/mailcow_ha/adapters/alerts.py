@@ -188,7 +188,9 @@ class AppriseAlerter:
         _protect_library_logs(secret_urls)
         self._schemes = [urlsplit(url).scheme or "?" for url in secret_urls]
         self._url_count = len(secret_urls)
-        self._deliver = deliver if deliver is not None else _AppriseDelivery(secret_urls, timeout).deliver
+        if deliver is None and secret_urls:
+            deliver = _AppriseDelivery(secret_urls, timeout).deliver
+        self._deliver: Deliver = deliver if deliver is not None else _no_delivery
 
         self._thread = threading.Thread(target=self._run, name="mailcow-ha-alerts", daemon=True)
         self._thread.start()
@@ -435,6 +437,11 @@ class AppriseAlerter:
         with self._store.locked() as alert_state:
             alert_state.counters.sent += sent
             alert_state.counters.failed += failed
+
+
+def _no_delivery(index: int, message: Message) -> bool:
+    """Stand in for Apprise when no URL is configured; never called because there is no URL index."""
+    return False
 
 
 class _AppriseDelivery:
