@@ -8,7 +8,9 @@
 - a device directory whose `scsi-0HC_Volume_<id>` link follows the fake's attachments for
   server 1;
 - mailcow-like containers in a podman service, and a node config pointing every path at these.
-Everything is removed on exit, even after a failure.
+Everything is removed on exit, even after a failure. Start the podman service and build the
+node inside `harness.loopdev.private_mount_namespace()`, so that the node's mounts stay out of
+other test suites' namespaces (and the containers see them).
 
 Run `python -m harness.failovernode promote CONFIG` to run an automatic promote (kind
 `failover`) in a separate process, for tests that kill it half-way.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,10 @@ from mailcow_ha.failover.demote import DemoteFailed
 from mailcow_ha.failover.history import RecordKind, RecordOutcome
 from mailcow_ha.failover.wiring import build_failover
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts, mount namespaces and podman"),
+]
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import EngineError
 from mailcow_ha.failover.containers import ProjectContainers
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts, mount namespaces and podman"),
+]
 
 
 @pytest.fixture(scope="module")

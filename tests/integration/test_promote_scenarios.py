@@ -8,6 +8,7 @@ The scenarios follow failures that operators of this kind of cluster have report
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,10 @@ from mailcow_ha.failover.history import FailoverRecord, RecordKind, RecordOutcom
 from mailcow_ha.failover.marker import VolumeMarker, write_marker
 from mailcow_ha.failover.storage import SharedVolume, VolumeRejected
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts, mount namespaces and podman"),
+]
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
 

@@ -21,7 +21,10 @@ from mailcow_ha.failover.lock import TransitionLock
 from mailcow_ha.failover.transitions import TransitionAction, TransitionOutcome, TransitionResult, VrrpState
 from mailcow_ha.failover.wiring import build_runner
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts, mount namespaces and podman"),
+]
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
 REPOSITORY = Path(__file__).resolve().parents[2]
