@@ -1,9 +1,10 @@
 """The invariants every scenario must keep, sampled every 100 ms, and the data checks after a fault.
 
 Sampled (InvariantSampler): the shared volume is mounted on at most one node; mailcow's
-containers run on at most one node; once a node has served for `route_bound` seconds, every
-floating IP routes to it. After a fault (check_mails, check_rows): every mail acknowledged
-before the fault is on the shared volume, and every acknowledged Galera row is in the database.
+containers run on at most one node; once one node has been keepalived's MASTER (the only node
+sending VRRP adverts) for `route_bound` seconds and serves, every floating IP routes to it.
+After a fault (Scenario.assert_invariants): every mail acknowledged before the fault is on the
+shared volume, and every acknowledged Galera row is in the database.
 """
 
 from __future__ import annotations
@@ -36,16 +37,19 @@ class Violation:
 
 @dataclass
 class RouteTracker:
-    """Which node serves, and since when, across samples; the state the route rule needs."""
+    """Which node is MASTER, and since when, across samples; the state the route rule needs."""
 
-    serving: str | None = None
+    master: str | None = None
     since: float = 0.0
 
 
 def check_view(
-    view: LabView, tracker: RouteTracker, public_ips: Mapping[str, str], route_bound: float
+    view: LabView, masters: list[str], tracker: RouteTracker, public_ips: Mapping[str, str], route_bound: float
 ) -> list[Violation]:
-    """Return the invariants one sample breaks, updating `tracker` with who serves."""
+    """Return the invariants one sample breaks, updating `tracker` with who is MASTER.
+
+    `masters` are the nodes that sent VRRP adverts just before the sample.
+    """
     violations = []
     if len(view.mounted_on) > 1:
         violations.append(
@@ -55,16 +59,17 @@ def check_view(
         violations.append(
             Violation(view.monotonic, "single-serving", f"mailcow containers run on {', '.join(view.serving)}")
         )
-    serving = view.serving[0] if len(view.serving) == 1 else None
-    if serving != tracker.serving:
-        tracker.serving, tracker.since = serving, view.monotonic
-    if serving is not None and view.monotonic - tracker.since > route_bound:
-        expected = public_ips[serving]
+    master = masters[0] if len(masters) == 1 else None
+    if master != tracker.master:
+        tracker.master, tracker.since = master, view.monotonic
+    master_serves = master is not None and master in view.serving
+    if master is not None and master_serves and view.monotonic - tracker.since > route_bound:
+        expected = public_ips[master]
         for address, next_hop in view.floating_ip_routes.items():
             if next_hop != expected:
                 detail = (
-                    f"floating IP {address} routes to {next_hop or 'nowhere'} although {serving} ({expected}) "
-                    f"has served for {view.monotonic - tracker.since:.1f} s"
+                    f"floating IP {address} routes to {next_hop or 'nowhere'} although {master} ({expected}) "
+                    f"has been MASTER for {view.monotonic - tracker.since:.1f} s and serves"
                 )
                 violations.append(Violation(view.monotonic, "route-follows-master", detail))
     return violations
@@ -75,6 +80,8 @@ class InvariantSampler:
     """Samples the lab every 100 ms in a thread, keeping every view and every violation."""
 
     take_view: Callable[[], LabView]
+    masters: Callable[[], list[str]]
+    """Names of the nodes keepalived made MASTER, from the VRRP adverts on the wire."""
     public_ips: Mapping[str, str]
     """Node name -> its public address, where the router must send the floating IPs."""
     route_bound: float = 3.0
@@ -107,7 +114,7 @@ class InvariantSampler:
                     self.errors.append(f"{started:.3f}: {error}")
                 log.warning("invariant sample failed: %s", error)
             else:
-                found = check_view(view, self._tracker, self.public_ips, self.route_bound)
+                found = check_view(view, self.masters(), self._tracker, self.public_ips, self.route_bound)
                 with self._lock:
                     self.views.append(view)
                     self.violations.extend(found)

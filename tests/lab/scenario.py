@@ -53,7 +53,12 @@ class Scenario:
         self.writer = DatabaseWriter(lab.network.ops_ns, self._database_targets, lab.secrets.galera_password)
         self.vrrp = VrrpWatcher(lab.network.private_ns)
         self.public_ips = {node.name: node.server.public_ip for node in lab.nodes.values()}
-        self.sampler = InvariantSampler(lab.view, self.public_ips, route_bound=route_bound)
+        names_by_private_ip = {node.server.private_ip: node.name for node in lab.nodes.values()}
+
+        def vrrp_masters() -> list[str]:
+            return [names_by_private_ip.get(source, source) for source in self.vrrp.masters()]
+
+        self.sampler = InvariantSampler(lab.view, vrrp_masters, self.public_ips, route_bound=route_bound)
         self.notes: list[str] = []
 
     def __enter__(self) -> Scenario:
@@ -176,19 +181,24 @@ class Scenario:
 
     # --- artifacts ---------------------------------------------------------------------------
 
+    @staticmethod
+    def keep_lab_logs(lab: Lab, target: Path) -> None:
+        """Copy every node's logs (agent, keepalived, MariaDB, podman) and the fake cloud's into `target`."""
+        target.mkdir(parents=True, exist_ok=True)
+        for node in lab.nodes.values():
+            if node.machine.log_dir.exists():
+                shutil.copytree(node.machine.log_dir, target / node.name, dirs_exist_ok=True)
+        cloud_dir = lab.lab_dir / cloudhost.CLOUD_DIR
+        for name in ("cloud.log", cloudhost.EVENTS_FILE, "pulumi.log"):
+            if (cloud_dir / name).exists():
+                shutil.copy2(cloud_dir / name, target / f"cloud-{name}")
+
     def keep_artifacts(self, reason: str) -> Path | None:
         """Copy every log and record of this scenario into `<artifacts>/<name>/`; return the directory."""
         if self.artifacts is None:
             return None
         target = self.artifacts / self.name
-        target.mkdir(parents=True, exist_ok=True)
-        for node in self.lab.nodes.values():
-            if node.machine.log_dir.exists():
-                shutil.copytree(node.machine.log_dir, target / node.name, dirs_exist_ok=True)
-        cloud_dir = self.lab.lab_dir / cloudhost.CLOUD_DIR
-        for name in ("cloud.log", cloudhost.EVENTS_FILE, "pulumi.log"):
-            if (cloud_dir / name).exists():
-                shutil.copy2(cloud_dir / name, target / f"cloud-{name}")
+        self.keep_lab_logs(self.lab, target)
         views, violations = self.sampler.snapshot()
         summary: dict[str, Any] = {
             "reason": reason,
