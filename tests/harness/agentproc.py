@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mailcow_ha.adapters.keepalived import HealthFile, KeepalivedProcess
+from mailcow_ha.adapters.keepalived import UNHEALTHY, HealthFile, KeepalivedProcess
 from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.main import Agent, AgentParts
 from mailcow_ha.agent.process import PID_FILE
@@ -96,7 +96,7 @@ def scripted_builder(control: Path) -> Callable[[NodeConfig, Alerter], Agent]:
     def build(config: NodeConfig, alerter: Alerter) -> Agent:
         health_file = HealthFile(config.paths.health_file)
         probes: list[Probe] = [FileProbe(name, control / name, config.health.galera_interval) for name in PROBE_NAMES]
-        monitor = HealthMonitor(probes, config.health, initially_failing=health_file.read() != 0)
+        monitor = HealthMonitor(probes, config.health, initially_failing=health_file.read() == UNHEALTHY)
 
         def runner_factory(on_outcome: Callable[[TransitionOutcome], None]) -> TransitionRunner:
             return TransitionRunner(

@@ -115,3 +115,17 @@ def test_handle_restarts_dead_guardian(tmp_path: Path) -> None:
     assert second.pid != first.pid
     handle.close()
     second.wait(10)
+
+
+def test_clean_stop_logged_as_stop(tmp_path: Path, fake_agent: subprocess.Popen[bytes]) -> None:
+    (tmp_path / "health").write_text("0\n")
+    guardian, pipe = start_guardian(tmp_path, fake_agent.pid)
+
+    os.write(pipe, b"..S")
+    os.close(pipe)
+    guardian.wait(10)
+    output = guardian.stderr.read().decode()  # type: ignore[union-attr]
+
+    assert "stopped and no agent took over" in output
+    assert "ERROR" not in output
+    assert (tmp_path / "health").read_text() == "1\n"

@@ -188,6 +188,7 @@ class FifoReader:
 def open_fifo(path: Path) -> int:
     """Open (creating with mode 0600 if needed) keepalived's notify FIFO read-write and non-blocking."""
     try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         os.mkfifo(path, 0o600)
     except FileExistsError:
         pass

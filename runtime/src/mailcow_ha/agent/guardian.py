@@ -5,9 +5,9 @@ keepalived's `track_process` notices a dead agent, but only in the initial netwo
 covers both. The agent writes one byte into a pipe on every pass of its main loop:
 - no byte for `timeout` seconds means the agent hangs: the guardian writes 1 into keepalived's
   track file (FAULT), kills the agent with SIGKILL so that systemd restarts it, and exits;
-- end of file means the agent exited (a crash, SIGKILL, or a stop). The guardian then waits
-  `restart_delay` seconds for a new agent to write its pid file and writes 1 if none did. So a
-  quick restart does not move the master, but a dead agent does.
+- end of file means the agent exited (a crash, SIGKILL, or a stop it announced with `S`). The
+  guardian then waits `restart_delay` seconds for a new agent to write its pid file and writes 1
+  if none did. So a quick restart does not move the master, but a dead agent does.
 
 The guardian imports nothing from the runtime but this module's standard-library code, so it
 stays small, and runs as `python -m mailcow_ha.agent.guardian`.
@@ -30,6 +30,8 @@ from pathlib import Path
 log = logging.getLogger("mailcow_ha.agent.guardian")
 
 PROCESS_NAME = "mailcow-ha-guard"
+STOPPING = b"S"
+"""Written by an agent that stops cleanly, before it closes the pipe."""
 _PR_SET_NAME = 15
 
 
@@ -71,6 +73,7 @@ def process_alive(pid: int) -> bool:
 
 def watch(fd: int, *, agent_pid: int, health_file: Path, pid_file: Path, timeout: float, restart_delay: float) -> str:
     """Watch the heartbeat pipe until the agent hangs or exits; return what happened."""
+    stopping = False
     while True:
         readable, _, _ = select.select([fd], [], [], timeout)
         if not readable:
@@ -88,12 +91,20 @@ def watch(fd: int, *, agent_pid: int, health_file: Path, pid_file: Path, timeout
         except InterruptedError:
             continue
         if data:
+            stopping = stopping or STOPPING in data
             continue
-        return wait_for_successor(agent_pid=agent_pid, health_file=health_file, pid_file=pid_file, delay=restart_delay)
+        return wait_for_successor(
+            agent_pid=agent_pid, health_file=health_file, pid_file=pid_file, delay=restart_delay, stopped=stopping
+        )
 
 
-def wait_for_successor(*, agent_pid: int, health_file: Path, pid_file: Path, delay: float) -> str:
-    """After the agent exited, wait `delay` seconds for a new one; report unhealthy if none starts."""
+def wait_for_successor(
+    *, agent_pid: int, health_file: Path, pid_file: Path, delay: float, stopped: bool = False
+) -> str:
+    """After the agent exited, wait `delay` seconds for a new one; report unhealthy if none starts.
+
+    `stopped` means the agent announced a clean stop, which is logged as such instead of as a crash.
+    """
     deadline = time.monotonic() + delay
     while True:
         successor = read_pid(pid_file)
@@ -103,11 +114,16 @@ def wait_for_successor(*, agent_pid: int, health_file: Path, pid_file: Path, del
         if time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    log.error(
-        "agent (pid %d) exited and no agent took over within %.1f s: reporting the node unhealthy", agent_pid, delay
+    how = "stopped" if stopped else "exited unexpectedly"
+    log.log(
+        logging.INFO if stopped else logging.ERROR,
+        "agent (pid %d) %s and no agent took over within %.1f s: reporting the node unhealthy",
+        agent_pid,
+        how,
+        delay,
     )
     write_unhealthy(health_file)
-    return "exited"
+    return how
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,8 +205,13 @@ class Guardian:
             self.start()
 
     def close(self) -> None:
-        """Close the pipe: the guardian then waits for a successor and reports unhealthy if none comes."""
+        """Announce a clean stop and close the pipe.
+
+        The guardian then waits for a successor and reports unhealthy if none comes.
+        """
         if self._write_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, STOPPING)
             os.close(self._write_fd)
             self._write_fd = None
 

@@ -247,7 +247,7 @@ class Agent:
             )
             if previous is not None and previous.decided and verdict.decided and previous.healthy != verdict.healthy:
                 self.parts.alerter.send(AlertEvent.HEALTH_CHANGED, f"node is {word.lower()}: {verdict.reason}")
-            elif previous is None and verdict.decided and not verdict.healthy:
+            elif previous is None and verdict.decided and not verdict.healthy and not verdict.recovering:
                 self.parts.alerter.send(AlertEvent.HEALTH_CHANGED, f"node is unhealthy: {verdict.reason}")
         self._verdict = verdict
         if not verdict.decided:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from mailcow_ha.adapters.engine import ContainerEvent, Engine
 from mailcow_ha.adapters.galera import GaleraClient
 from mailcow_ha.adapters.hetzner import HetznerCloud
-from mailcow_ha.adapters.keepalived import HealthFile, KeepalivedProcess
+from mailcow_ha.adapters.keepalived import UNHEALTHY, HealthFile, KeepalivedProcess
 from mailcow_ha.agent.events import EventWatcher, StreamConnected
 from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.main import Agent, AgentParts
@@ -79,7 +79,7 @@ def build_agent(config: NodeConfig, alerter: Alerter, *, initially_failing: bool
     """Wire the production agent: real adapters, the failover core, switchover, Galera actions, status API."""
     health_file = HealthFile(config.paths.health_file)
     if initially_failing is None:
-        initially_failing = health_file.read() != 0
+        initially_failing = health_file.read() == UNHEALTHY
     galera, containers, mount, floating_ips = build_probes(config)
     probes: list[Probe] = [galera, containers, mount, floating_ips]
     monitor = HealthMonitor(probes, config.health, initially_failing=initially_failing)

@@ -122,6 +122,12 @@ class FloatingIpProbe:
             return ProbeResult(FLOATING_IP, False, str(error), self._wall_clock(), self._clock() - started)
         self.missing = tuple(missing_floating_ips(self.floating_ips, addresses))
         self.present = tuple(str(item) for item in self.floating_ips if str(item) not in self.missing)
+        if role is not Role.MASTER:
+            detail = (
+                f"{len(self.present)} of {len(self.floating_ips)} floating IP(s) on {self.interface} "
+                "(checked on the master only)"
+            )
+            return ProbeResult(FLOATING_IP, True, detail, self._wall_clock(), self._clock() - started)
         if self.missing:
             detail = f"{', '.join(self.missing)} not configured on {self.interface}"
             return ProbeResult(FLOATING_IP, False, detail, self._wall_clock(), self._clock() - started)

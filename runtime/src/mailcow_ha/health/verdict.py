@@ -135,6 +135,8 @@ class Verdict:
     """Failing probes that did not count (maintenance mode, grace period, role)."""
     decided: bool = True
     """False until every probe of the role has run once; the agent leaves the track file alone until then."""
+    recovering: bool = False
+    """Unhealthy only because failing probes pass again but have not reached `successes_to_healthy`."""
 
 
 def decide_verdict(inputs: VerdictInputs) -> Verdict:
@@ -156,7 +158,8 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
 
     galera = failing.pop(GALERA, None)
     if galera is not None:
-        return Verdict(False, f"{GALERA}: {_failure(galera)}", outside_role)
+        recovering = galera.last.ok and all(record.last.ok for record in failing.values())
+        return Verdict(False, f"{GALERA}: {_failure(galera)}", outside_role, recovering=recovering)
 
     if inputs.failed_transition is not None:
         return Verdict(False, f"promote failed: {inputs.failed_transition}", outside_role)
@@ -172,7 +175,8 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
 
     if failing:
         reasons = "; ".join(f"{name}: {_failure(failing[name])}" for name in sorted(failing))
-        return Verdict(False, reasons, tuple(sorted(ignored)))
+        recovering = all(record.last.ok for record in failing.values())
+        return Verdict(False, reasons, tuple(sorted(ignored)), recovering=recovering)
 
     expected = _ROLE_PROBES[inputs.role] & inputs.configured
     missing = [name for name in sorted(expected) if name not in inputs.records]
