@@ -465,3 +465,18 @@ def test_foreign_mount_left_alone(node: FailoverNode) -> None:
     finally:
         subprocess.run(["umount", str(node.mount_point)], check=False)
         failover.close()
+
+
+def test_server_id_looked_up_by_name(podman: PodmanService) -> None:
+    # User data cannot contain the server's own id, so the node config may leave it out.
+    with failover_node(podman, overrides={"hetzner.server_id": None}) as node:
+        mark = node.env.fake.requests.mark()
+        failover = node.failover()
+
+        with node.health_driver():
+            record = failover.promoter.run(master_token())
+
+        assert record.outcome is RecordOutcome.SUCCEEDED
+        assert node.volume_holder() == node.server_id
+        assert node.env.fake.requests.counts(mark).get("GET /servers", 0) == 1
+        failover.close()
