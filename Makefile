@@ -27,8 +27,10 @@ typecheck: setup
 test: setup system-packages lint typecheck
 	$(BIN)/pytest
 
+# The cluster in a box (needs root): 3 nodes in network namespaces, two failovers with their
+# timelines; exits non-zero if any invariant broke. Logs of a failed run: test-artifacts/demo/.
 demo: setup system-packages
-	$(BIN)/python -m mailcow_ha.cli render --stack prod --out out/render
+	tests/lab/mailcow-ha-lab --log-level WARNING demo
 
 render: setup
 	$(BIN)/mailcow-ha render --stack prod --out out/render

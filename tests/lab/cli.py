@@ -4,6 +4,7 @@
     mailcow-ha-lab status [--lab ID] [--json]
     mailcow-ha-lab fault [--lab ID] KIND NODE                see `fault --help`
     mailcow-ha-lab down [--lab ID | --all]
+    mailcow-ha-lab demo                                      what `make demo` runs
 
 Without --lab, commands act on the lab most recently brought up (`current` in the lab root).
 """
@@ -16,7 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
+from lab import faults
 from lab.cluster import Lab, LabOptions, lab_root
+from lab.demo import run_demo
+from lab.labnode import LabNode
 from lab.shell import LabError
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,55 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(lab: Lab, name: str) -> LabNode:
+    if name == "master":
+        node = lab.serving_node()
+        if node is None:
+            raise LabError("no node serves right now; name the node (index or name)")
+        return node
+    if name.isdigit():
+        return lab.node(int(name))
+    return lab.node_by_name(name)
+
+
+def run_fault(args: argparse.Namespace) -> int:
+    lab = Lab.open(_lab_dir(args.lab))
+    if args.kind == "heal":
+        faults.heal_partition(lab)
+        for node in lab.nodes.values():
+            lab.network.set_link(node.index, "private", True)
+        print("private network healed")
+        return 0
+    if args.kind == "cloud-error":
+        fault = lab.control.add_fault(operation=args.operation, status=args.status, count=args.count)
+        print(f"cloud fault {fault['fault_id']}: {args.operation} answers HTTP {args.status} {args.count} time(s)")
+        return 0
+    if not args.nodes:
+        raise LabError(f"fault {args.kind} needs a node (index, name or `master`)")
+    targets = [_target(lab, name) for name in args.nodes]
+    actions = {
+        "container-crash": lambda node: faults.crash_container(node, args.service),
+        "agent-crash": faults.crash_agent,
+        "keepalived-kill": faults.kill_keepalived,
+        "private-link-down": lambda node: faults.set_private_link(lab, node, up=False),
+        "private-link-up": lambda node: faults.set_private_link(lab, node, up=True),
+        "power-off": lambda node: faults.power_off(lab, node),
+        "power-on": lambda node: faults.power_on(lab, node),
+        "galera-kill": faults.kill_galera,
+    }
+    if args.kind == "partition":
+        faults.partition(lab, targets)
+    else:
+        for node in targets:
+            actions[args.kind](node)
+    print(f"{args.kind}: {', '.join(node.name for node in targets)}")
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    return run_demo(LabOptions(nodes=3))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailcow-ha-lab", description="Run a mailcow-ha cluster in network namespaces."
@@ -102,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--lab", help="the lab id (default: the current lab)")
     target.add_argument("--all", action="store_true", help="every lab under the lab root")
     down.set_defaults(handler=run_down)
+
+    fault = commands.add_parser(
+        "fault",
+        help="inject a fault",
+        description="Inject a fault into a running lab. NODE is a node index, a node name or `master`.",
+    )
+    fault.add_argument("--lab", help="the lab id (default: the current lab)")
+    fault.add_argument("kind", choices=[*faults.FAULT_KINDS, "partition", "heal", "cloud-error"], help="the fault")
+    fault.add_argument("nodes", nargs="*", metavar="NODE", help="the node(s); `partition` isolates them together")
+    fault.add_argument("--service", default="postfix-mailcow", help="container-crash: the compose service")
+    fault.add_argument("--operation", default="volume.attach", help="cloud-error: the API operation (e.g. volume.*)")
+    fault.add_argument("--status", type=int, default=423, help="cloud-error: the HTTP status (default 423, locked)")
+    fault.add_argument("--count", type=int, default=2, help="cloud-error: how many requests fail (default 2)")
+    fault.set_defaults(handler=run_fault)
+
+    demo = commands.add_parser("demo", help="bring a lab up, fail over twice with timelines, take it down")
+    demo.set_defaults(handler=run_demo_command)
 
     status = commands.add_parser("status", help="show nodes, roles, mounts, containers and the floating IP route")
     status.add_argument("--lab", help="the lab id (default: the current lab)")

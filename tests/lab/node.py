@@ -173,7 +173,8 @@ class NodeMachine:
             return ""
         try:
             return Path(f"/proc/{self._init[0]}/mountinfo").read_text()
-        except (FileNotFoundError, ProcessLookupError):
+        except OSError:
+            # Gone, or dying (EINVAL while the kernel tears the mount namespace down).
             return ""
 
     def path(self, inside: str | Path) -> Path:

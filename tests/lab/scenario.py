@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,6 +42,45 @@ SPOOL = Path(PROJECT_NAME) / "vmail-vol-1" / "lab" / "new"
 """Where the lab's SMTP service keeps accepted mails, below the shared volume's mount point."""
 
 
+class HealthWatcher:
+    """Reads every node's keepalived track file every 20 ms and records each change."""
+
+    def __init__(self, lab: Lab, interval: float = 0.02) -> None:
+        self.lab = lab
+        self.interval = interval
+        self.changes: list[tuple[float, str, str | None]] = []
+        """(monotonic time, node, new content) for every change seen."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lab-health-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        last: dict[str, str | None] = {}
+        while not self._stop.is_set():
+            for node in list(self.lab.nodes.values()):
+                try:
+                    value: str | None = node.machine.path(node.config.paths.health_file).read_text().strip()
+                except (OSError, LabError):
+                    value = None
+                if node.name not in last or last[node.name] != value:
+                    last[node.name] = value
+                    self.changes.append((time.monotonic(), node.name, value))
+            self._stop.wait(self.interval)
+
+    def first_unhealthy(self, node: str, since: float) -> float | None:
+        """Return when `node`'s track file first left 0 after `since`, or None."""
+        return next(
+            (at for at, name, value in list(self.changes) if name == node and at >= since and value not in (None, "0")),
+            None,
+        )
+
+
 class Scenario:
     """Traffic, observers and the invariant checks around one fault."""
 
@@ -52,6 +92,7 @@ class Scenario:
         self.mail = MailClient(lab.network.client_ns, address)
         self.writer = DatabaseWriter(lab.network.ops_ns, self._database_targets, lab.secrets.galera_password)
         self.vrrp = VrrpWatcher(lab.network.private_ns)
+        self.health = HealthWatcher(lab)
         self.public_ips = {node.name: node.server.public_ip for node in lab.nodes.values()}
         names_by_private_ip = {node.server.private_ip: node.name for node in lab.nodes.values()}
 
@@ -63,6 +104,7 @@ class Scenario:
 
     def __enter__(self) -> Scenario:
         self.vrrp.start()
+        self.health.start()
         self.sampler.start()
         self.mail.start()
         self.writer.start()
@@ -74,6 +116,7 @@ class Scenario:
         self.mail.stop()
         self.writer.stop()
         self.sampler.stop()
+        self.health.stop()
         self.vrrp.stop()
         if error is not None:
             self.keep_artifacts(f"{kind.__name__ if kind else 'error'}: {error}")
@@ -145,6 +188,7 @@ class Scenario:
             public_ips=self.public_ips,
             shared_volume_id=self.lab.require_layout().shared_volume_id,
             critical_containers=critical,
+            detected_at=self.health.first_unhealthy(old_master.name, fault_at),
         )
 
     def violations(self) -> list[Violation]:

@@ -94,13 +94,16 @@ def build_timeline(
     public_ips: Mapping[str, str],
     shared_volume_id: int,
     critical_containers: int,
+    detected_at: float | None = None,
 ) -> Timeline:
     """Assemble the marks of the failover that followed a fault on `old_master`."""
     after = [view for view in views if view.monotonic >= fault_at]
     names_by_private_ip = {address: name for name, address in private_ips.items()}
     names_by_public_ip = {address: name for name, address in public_ips.items()}
 
-    detection = next((view for view in after if view.node(old_master).health not in (None, "0")), None)
+    if detected_at is None:
+        detection = next((view for view in after if view.node(old_master).health not in (None, "0")), None)
+        detected_at = detection.monotonic if detection else None
     fault_state = next(
         (advert for advert in adverts if advert.time >= fault_at and advert.priority == 0
          and names_by_private_ip.get(advert.source) == old_master),
@@ -130,7 +133,7 @@ def build_timeline(
 
     marks = (
         Mark("fault", fault_at, f"{fault} on {old_master}"),
-        Mark("detection", detection.monotonic if detection else None, f"health of {old_master} is no longer 0"),
+        Mark("detection", detected_at, f"health of {old_master} is no longer 0"),
         Mark("FAULT", fault_state.time if fault_state else None, f"{old_master} sent its priority-0 advert"),
         Mark("new MASTER", new_master.time if new_master else None, f"{new_name} advertises" if new_name else ""),
         Mark("floating IP moved", floating[0], f"routed to {names_by_public_ip.get(str(floating[1]), floating[1])}"),

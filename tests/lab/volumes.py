@@ -113,7 +113,11 @@ class VolumeStore:
             attachment = self._attached.pop(volume_id, None)
             if attachment is None:
                 return None
-            (self.device_dir(attachment.node) / device_link_name(volume_id)).unlink(missing_ok=True)
+            link = self.device_dir(attachment.node) / device_link_name(volume_id)
+            # The link names the device now in use: a power cycle gives the node a fresh one (see replug).
+            if link.is_symlink():
+                attachment = Attachment(volume_id, attachment.node, str(link.readlink()))
+            link.unlink(missing_ok=True)
             unplug_loop_device(attachment.device)
             # With the device still mounted the kernel only marks it to be freed on last close.
             run(["losetup", "--detach", attachment.device], timeout=10.0, check=False)
@@ -129,6 +133,37 @@ class VolumeStore:
         with self._lock:
             attachment = self._attached.get(volume_id)
             return None if attachment is None else attachment.device
+
+
+def node_devices(device_dir: Path) -> dict[int, str]:
+    """Return the loop device of every volume linked in a node's device directory, by volume id."""
+    devices = {}
+    if device_dir.is_dir():
+        for link in device_dir.glob("scsi-0HC_Volume_*"):
+            if link.is_symlink():
+                devices[int(link.name.rsplit("_", 1)[1])] = str(link.readlink())
+    return devices
+
+
+def replug(device_dir: Path, image_dir: Path, manifest: Manifest) -> list[str]:
+    """Give a node that was powered off fresh loop devices for the volumes still attached to it.
+
+    A power cut unplugs the node's devices (see unplug_loop_device); at the next boot the disks
+    are there again, as attached volumes are after a real power cycle.
+    """
+    created = []
+    for volume_id, old_device in node_devices(device_dir).items():
+        image = image_dir / f"volume-{volume_id}.img"
+        manifest.record("loop", str(image), backing_file=str(image))
+        device = run(["losetup", "--find", "--show", str(image)], timeout=10.0).stdout.strip()
+        link = device_dir / device_link_name(volume_id)
+        temporary = device_dir / f".{link.name}.new"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(device)
+        temporary.replace(link)
+        run(["losetup", "--detach", old_device], timeout=10.0, check=False)
+        created.append(device)
+    return created
 
 
 def unplug_loop_device(device: str) -> None:
