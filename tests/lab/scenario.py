@@ -103,6 +103,7 @@ class Scenario:
         self.notes: list[str] = []
 
     def __enter__(self) -> Scenario:
+        self._log_offsets = {node.name: _size(node.machine.log_dir / "agent.log") for node in self.lab.nodes.values()}
         self.vrrp.start()
         self.health.start()
         self.sampler.start()
@@ -191,6 +192,38 @@ class Scenario:
             detected_at=self.health.first_unhealthy(old_master.name, fault_at),
         )
 
+    def agent_lines(self, text: str) -> list[tuple[str, str]]:
+        """Return (node, line) for every agent log line since the scenario began that contains `text`."""
+        found = []
+        for node in self.lab.nodes.values():
+            path = node.machine.log_dir / "agent.log"
+            try:
+                with path.open("rb") as stream:
+                    stream.seek(self._log_offsets.get(node.name, 0))
+                    lines = stream.read().decode("utf-8", "replace").splitlines()
+            except FileNotFoundError:
+                continue
+            found += [(node.name, line) for line in lines if text in line]
+        return found
+
+    def alerts(self, event: str) -> list[tuple[str, str]]:
+        """Return the alerts of kind `event` (such as `quorum-lost`) the agents sent since the scenario began.
+
+        The lab configures no alert URL, so the agents' log lines are where alerts show.
+        """
+        return self.agent_lines(f"alert {event}")
+
+    def volume_attachments_since(self, moment: float) -> list[dict[str, Any]]:
+        """Return the fake cloud's shared-volume attachments that happened after monotonic `moment`."""
+        offset = time.monotonic() - time.time()
+        shared = self.lab.require_layout().shared_volume_id
+        return [
+            event
+            for event in cloudhost.read_hook_events(self.lab.lab_dir)
+            if event.get("kind") == "volume.attached" and event.get("volume") == shared
+            and float(event["time"]) + offset >= moment
+        ]  # fmt: skip
+
     def violations(self) -> list[Violation]:
         return self.sampler.snapshot()[1]
 
@@ -259,3 +292,10 @@ class Scenario:
         )
         log.error("scenario %s failed; logs kept in %s", self.name, target)
         return target
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
