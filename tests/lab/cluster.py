@@ -305,6 +305,35 @@ class Lab:
         self.reset_breakers()
         self._phase("first master", started)
 
+    def scale_out(self, nodes: int, timeout: float = 180.0) -> list[LabNode]:
+        """Grow the running cluster to `nodes` servers, as `pulumi up` with a higher nodeCount does.
+
+        The program creates only the new servers and volumes; the new nodes boot, join Galera and
+        start their agent and keepalived. The running nodes are left alone: their agents learn the
+        new members from the API by label.
+        """
+        self.options.nodes = nodes
+        self.stack = lab_stack(nodes, self.secrets)
+        self.save()
+        self.provision()
+        layout = self.require_layout()
+        added = []
+        for server in layout.servers:
+            if server.index in self.nodes:
+                continue
+            self.network.add_node(NodeNetwork(server.name, server.index, server.public_ip, server.private_ip))
+            self.nodes[server.index] = self._make_node(server, layout)
+            added.append(self.nodes[server.index])
+        image_tar = self.image_tar()
+        self._parallel(
+            "boot", lambda node: node.boot(image_tar, layout.floating_ips, self.network.add_floating_ip_address), added
+        )
+        for node in added:
+            node.database.start(timeout=timeout)
+            node.database.wait_synced(timeout)
+        self.start_runtime(added)
+        return added
+
     def serving_node(self) -> LabNode | None:
         """Return the node that runs every critical container and alone has the shared volume."""
         view = self.view()

@@ -114,15 +114,20 @@ def power_off(lab: Lab, node: LabNode) -> None:
     log.info("fault: %s powered off", node.name)
 
 
-def power_on(lab: Lab, node: LabNode, timeout: float = 120.0) -> None:
-    """Boot a powered-off node again: links up, boot, Galera joins, agent and keepalived start."""
+def power_on(lab: Lab, node: LabNode, timeout: float = 120.0, *, start_galera: bool = True) -> None:
+    """Boot a powered-off node again: links up, boot, Galera joins, agent and keepalived start.
+
+    Without `start_galera` the member stays down, as after a total outage, when an operator
+    runs `mailcow-ha galera bootstrap` to restart the cluster from its most advanced member.
+    """
     lab.network.set_link(node.index, "public", True)
     lab.network.set_link(node.index, "private", True)
     replug(node.paths.device_dir, lab.lab_dir / "volumes", lab.manifest)
     layout = lab.require_layout()
     node.boot(lab.image_tar(), layout.floating_ips, lab.network.add_floating_ip_address)
-    node.database.start()
-    node.database.wait_synced(timeout)
+    if start_galera:
+        node.database.start()
+        node.database.wait_synced(timeout)
     lab.start_runtime([node])
     log.info("fault: %s powered on again", node.name)
 

@@ -153,6 +153,7 @@ def lab_node_config(
         "containers_stop": 10.0,
         "holders_term": 2.0,
     }
+    document["membership"] = {"sync_interval": 10.0}
     document["health"] = {
         "interval": 0.5,
         "probe_timeout": 3.0,

@@ -1,0 +1,40 @@
+"""Building labs for the scenario suite: skip where a lab cannot run, keep logs where one fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lab.cluster import Lab, LabOptions
+from lab.scenario import Scenario
+from lab.shell import LabError
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+_TOOLS = ("keepalived", "mariadbd", "podman", "runc", "losetup", "nsenter", "busybox", "mkfs.ext4")
+
+
+def _missing_requirement() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, loop devices, mounts)"
+    missing = [tool for tool in _TOOLS if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing:
+        return f"the lab needs {', '.join(missing)}; run scripts/install-system-packages"
+    return None
+
+
+def build_lab(options: LabOptions) -> Lab:
+    """Bring a lab up, or skip when this machine cannot run one; the caller takes it down."""
+    problem = _missing_requirement()
+    if problem is not None:
+        pytest.skip(problem)
+    lab = Lab.create(options)
+    try:
+        lab.up()
+    except LabError:
+        Scenario.keep_lab_logs(lab, ARTIFACTS / f"lab-up-{lab.lab_id}")
+        lab.down()
+        raise
+    return lab
