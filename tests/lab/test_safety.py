@@ -18,7 +18,7 @@ from lab.scenario import Scenario
 
 pytestmark = pytest.mark.lab
 
-QUIET_PERIOD = 12.0
+QUIET_PERIOD = 8.0
 """Seconds a scenario watches for a failover that must not happen (keepalived elects within about 4 s)."""
 
 
