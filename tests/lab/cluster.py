@@ -3,7 +3,7 @@
 A lab lives in one directory (`$MAILCOW_HA_LAB_ROOT/<lab id>`, default /var/tmp/mailcow-ha-lab)
 with its manifest, its description (lab.json), the fake cloud's state, volume images, and
 every node's files and logs. Every namespace, and so every interface and address, is private
-to the lab; names start with the lab id, so labs of concurrent test runs never meet.
+to the lab. Names start with the lab id, so labs of concurrent test runs never meet.
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ class Lab:
         """Close every node's circuit breaker, as an operator does once the cluster is settled.
 
         The first election after `up`, and every failover of a scenario, count as failovers onto
-        a node; without a reset the next scenario would meet an open breaker.
+        a node. Without a reset, the next scenario would meet an open breaker.
         """
         for node in self.nodes.values():
             if node.machine.powered:
@@ -389,8 +389,9 @@ class Lab:
     def init_shared_volume(self) -> None:
         """Prepare the shared volume once, on the node the Pulumi program attached it to."""
         first = self.nodes[min(self.nodes)]
-        # NOTE: the shortest MMP interval still makes a mount after an unclean loss wait about 22 s
-        # (the kernel checks at least every 5 s, twice); the default of 5 s makes it about 42 s.
+        # NOTE: even the shortest MMP interval makes a mount after an unclean loss wait about 22 s,
+        # because the kernel checks at least every 5 s and waits two check periods twice. The
+        # default interval of 5 s makes it about 42 s.
         first.machine.run(self.runtime_command(first, "init-data", "--mmp-interval", "1"), timeout=120.0)
 
     def _create_database_users(self, node: LabNode) -> None:

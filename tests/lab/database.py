@@ -2,7 +2,7 @@
 
 The option file is rendered by `mailcow_ha.render.galera` from the node's addresses, as on a
 real node. The member's data directory is the node's Galera volume, mounted inside the node
-like its fstab entry would at boot; its socket and pid file are in the node's own /run.
+as its fstab entry mounts it at boot. Its socket and pid file are in the node's own /run.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class NodeDatabase:
         )
 
     def try_status(self) -> MemberStatus | None:
-        """Return the member's status, or None when it does not answer."""
+        """Return the member's status, or None when the query fails."""
         if not self.node.powered:
             return None
         try:

@@ -1,9 +1,9 @@
 """The cluster-in-a-box demonstration that `make demo` runs.
 
-Brings a 3-node lab up, shows the elected master and a client sending mail through the
-floating IP, crashes a critical container on the master and prints the failover's timeline,
-then powers the new master's node off and prints the second timeline, and takes the lab down.
-Returns 0 only if every invariant held throughout.
+Brings a 3-node lab up and shows the elected master and a client sending mail through the
+floating IP. Then it crashes a critical container on the master and prints the failover's
+timeline, powers the new master's node off and prints the second timeline, and takes the lab
+down. Returns 0 only if every invariant held throughout.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class NodeMachine:
         return pids
 
     def mountinfo(self) -> str:
-        """Return the node's /proc/self/mountinfo as the node sees it; empty when powered off."""
+        """Return the mount table of the node's mount namespace; empty when powered off."""
         if self._init is None:
             return ""
         try:

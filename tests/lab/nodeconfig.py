@@ -63,7 +63,7 @@ def lab_stack(node_count: int, secrets: LabSecrets) -> StackConfig:
 
 @dataclass(frozen=True)
 class LabNodePaths:
-    """Where one node's files live on the host (the node sees its own /run as a tmpfs)."""
+    """Where one node's files are on the host; the node's /run is a tmpfs of its own."""
 
     node_dir: Path
 

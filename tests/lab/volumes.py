@@ -5,9 +5,9 @@ its own on the image and a `scsi-0HC_Volume_<id>` link to it in the node's devic
 as udev makes on a real server. Two loop devices on one image behave like two servers that see
 one disk, so the storage fence is the API's one-server-at-a-time rule, as in production.
 
-Detaching removes the link and hot-unplugs the node's loop device: its size is cut to one
-sector, so every later read or write from that node fails with an I/O error (a mounted ext4
-aborts its journal and turns read-only), as when the hypervisor takes a disk away. This kernel
+Detaching removes the link and hot-unplugs the node's loop device. Its size is cut to one
+sector, so every later read or write from that node fails with an I/O error, as when the
+hypervisor takes a disk away. A mounted ext4 then aborts its journal and turns read-only. This kernel
 has no device-mapper, which would otherwise be the natural way to switch a device to errors.
 """
 

@@ -20,7 +20,7 @@ from lab.nsexec import join_network_namespace
 log = logging.getLogger(__name__)
 
 _ETH_P_ALL = 0x0003
-"""Every protocol: a bridge port's frames go to the bridge before any per-protocol socket sees them."""
+"""Every protocol: a bridge port hands its frames to the bridge before per-protocol sockets get them."""
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _PACKET_OUTGOING = 4
 _VRRP_PROTOCOL = 112
