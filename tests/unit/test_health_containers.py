@@ -190,11 +190,22 @@ def test_tracker_maps_events_without_service() -> None:
 class FakeEngine:
     def __init__(self, containers: list[ContainerInfo] | EngineError) -> None:
         self.containers = containers
+        self.lists = 0
+        self.inspects: list[str] = []
 
     def project_containers(self, project: str) -> list[ContainerInfo]:
+        self.lists += 1
         if isinstance(self.containers, EngineError):
             raise self.containers
         return self.containers
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        self.inspects.append(container_id)
+        assert not isinstance(self.containers, EngineError)
+        for candidate in self.containers:
+            if candidate.id == container_id:
+                return candidate
+        raise EngineError(f"inspecting container {container_id} failed: not found")
 
 
 def probe_with(engine: FakeEngine) -> ContainerProbe:
@@ -229,3 +240,55 @@ def test_probe_reports_unreachable_engine() -> None:
 
     assert not result.ok
     assert result.detail == "engine unreachable: connecting to the Docker API failed"
+
+
+def test_tracker_counts_only_while_master() -> None:
+    clock = FakeClock()
+    tracker = RestartTracker(window=100.0, clock=clock)
+    tracker.note_event(event("die"))
+
+    tracker.set_counting(False)
+    tracker.note_event(event("die"))
+    tracker.note_poll([container(restart_count=1)])
+    tracker.note_poll([container(restart_count=4)])
+    tracker.set_counting(True)
+    fresh = tracker.state("postfix-mailcow", container()).restarts
+    tracker.note_event(event("die"))
+
+    assert fresh == 0
+    assert tracker.state("postfix-mailcow", container()).restarts == 1
+
+
+def test_probe_reads_only_named_containers() -> None:
+    engine = FakeEngine([container(), container("redis-mailcow")])
+    probe = probe_with(engine)
+    deadline = Deadline.after("test", 5)
+    probe.check(Role.MASTER, deadline)
+
+    engine.containers = [container(status="exited", exit_code=137, policy="no"), container("redis-mailcow")]
+    probe.note_event(event("die"))
+    died = probe.check(Role.MASTER, deadline)
+    again = probe.check(Role.MASTER, deadline)
+
+    assert engine.lists == 1
+    assert engine.inspects == ["id-postfix-mailcow", "id-postfix-mailcow"]
+    assert not died.ok
+    assert not again.ok
+    assert died.detail == "postfix-mailcow: exited (exit code 137)"
+
+
+def test_probe_reads_all_for_unknown_or_gone_containers() -> None:
+    engine = FakeEngine([container(), container("redis-mailcow")])
+    probe = probe_with(engine)
+    deadline = Deadline.after("test", 5)
+    probe.check(Role.MASTER, deadline)
+
+    probe.note_event(event("create", container_id="id-new"))
+    probe.check(Role.MASTER, deadline)
+    engine.containers = [container()]
+    probe.note_event(event("destroy", container_id="id-redis-mailcow", service="redis-mailcow"))
+    gone = probe.check(Role.MASTER, deadline)
+
+    assert engine.lists == 3
+    assert not gone.ok
+    assert gone.detail == "redis-mailcow: no container"

@@ -188,6 +188,7 @@ class HealthSettings(_Section):
     """How the agent turns probe results into the verdict keepalived sees."""
 
     interval: Seconds = 0.5
+    """Longest time the agent's main loop waits between two passes, and the rate of a recovering probe."""
     probe_timeout: Seconds = 2.0
     failures_to_unhealthy: PositiveCount = 3
     successes_to_healthy: PositiveCount = 3
@@ -200,8 +201,11 @@ class HealthSettings(_Section):
     """After a failover starts, container failures are not counted for this long."""
     galera_interval: Seconds = 1.0
     """Time between two Galera probes while they pass."""
-    container_poll_interval: Seconds = 5.0
-    """Time between two container polls while they pass; engine events trigger a probe at once."""
+    container_poll_interval: Seconds = 30.0
+    """Time between two container polls while they pass. Engine events trigger a probe at once, so the
+    poll is only the backstop; each costs one request per container plus one."""
+    system_interval: Seconds = 2.0
+    """Time between two mount and floating IP probes while they pass."""
     retry_interval: Seconds = 0.1
     """After a probe fails, it runs again this soon, so that consecutive failures confirm quickly."""
     restart_wait: Seconds = 10.0

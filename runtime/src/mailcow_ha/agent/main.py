@@ -110,6 +110,7 @@ class Agent:
         self._quorum_alerted = False
         self._grace_start: float | None = None
         self._breaker: BreakerSnapshot | None = None
+        self._maintenance = maintenance_mode.MaintenanceWatch(self.config.paths.state_dir, parts.alerter)
         self._next_breaker_read = 0.0
         self._snapshot_lock = threading.Lock()
         self._started_at = time.time()
@@ -209,11 +210,12 @@ class Agent:
         status = self.runner.current()
         role = derive_role(self._vrrp_state, status, resumed_master=self._resumed_master)
         monitor = self.parts.monitor
-        monitor.set_role(role)
+        if monitor.set_role(role) and self.parts.containers is not None:
+            self.parts.containers.tracker.set_counting(role is Role.MASTER)
         monitor.run_due()
         records = monitor.records
         now = time.time()
-        maintenance, _ = self._maintenance(now)
+        maintenance = self._maintenance.current(now)
         verdict = decide_verdict(
             VerdictInputs(
                 role=role,
@@ -328,25 +330,6 @@ class Agent:
             self._grace_start = None
             return False
         return True
-
-    def _maintenance(self, now: float) -> tuple[maintenance_mode.Maintenance | None, str | None]:
-        state_dir = self.config.paths.state_dir
-        try:
-            current, problem = maintenance_mode.read_maintenance(state_dir)
-        except MailcowHaError as error:
-            log.error("maintenance mode unreadable, treated as off: %s", error)
-            return None, str(error)
-        if problem is not None:
-            self.parts.alerter.send(AlertEvent.STATE_CORRUPT, problem)
-        if current is not None and current.expired(now) and not current.expiry_alerted:
-            reason = f"maintenance mode {maintenance_mode.describe(current, now)}; failovers are enabled again"
-            log.warning("%s", reason)
-            self.parts.alerter.send(AlertEvent.MAINTENANCE_EXPIRED, reason)
-            try:
-                current = maintenance_mode.mark_expiry_alerted(state_dir, current)
-            except MailcowHaError as error:
-                log.error("could not record the maintenance expiry alert: %s", error)
-        return current, problem
 
     def _alert_quorum(self) -> None:
         record = self.parts.monitor.records.get(GALERA)

@@ -31,8 +31,9 @@ from mailcow_ha.adapters.keepalived import KeepalivedProcess
 from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import ConfigError, MailcowHaError
-from mailcow_ha.render.galera import GaleraInputs, render_galera_cnf
-from mailcow_ha.render.keepalived import KeepalivedInputs, render_keepalived_conf
+from mailcow_ha.render.galera import render_galera_cnf
+from mailcow_ha.render.keepalived import render_keepalived_conf
+from mailcow_ha.render.nodeconfig import galera_inputs, keepalived_inputs
 
 log = logging.getLogger(__name__)
 
@@ -165,45 +166,12 @@ def _valid_document(value: Any) -> bool:
     return value.get("server_id") is None or isinstance(value.get("server_id"), int)
 
 
-def keepalived_inputs_for(config: NodeConfig, members: Sequence[Member]) -> KeepalivedInputs:
-    """Return the renderer inputs of this node's keepalived.conf, with `members` as its unicast peers."""
-    return KeepalivedInputs(
-        router_id=config.node.name,
-        interface=config.node.private_interface,
-        unicast_src_ip=str(config.node.private_ip),
-        peers=[member.private_ip for member in members],
-        priority=config.keepalived.priority,
-        notify_fifo=config.paths.keepalived_fifo,
-        health_file=config.paths.health_file,
-        instance=config.keepalived.instance,
-        virtual_router_id=config.keepalived.virtual_router_id,
-        advert_int=config.keepalived.advert_int,
-        script_user=config.keepalived.script_user,
-        script_group=config.keepalived.script_group,
-        agent_process=config.keepalived.agent_process,
-        agent_delay=config.keepalived.agent_restart_delay,
-    )
-
-
-def galera_inputs_for(config: NodeConfig, members: Sequence[Member]) -> GaleraInputs:
-    """Return the renderer inputs of this node's Galera option file, with every member in its cluster address."""
-    return GaleraInputs(
-        cluster_name=config.galera.cluster_name,
-        node_name=config.node.name,
-        node_address=str(config.node.private_ip),
-        peer_addresses=[member.private_ip for member in members],
-        data_dir=config.galera.data_dir,
-        socket=config.galera.socket,
-        buffer_pool_size=config.galera.buffer_pool_size,
-        gcache_size=config.galera.gcache_size,
-    )
-
-
 def render_files(config: NodeConfig, members: Sequence[Member]) -> dict[Path, str]:
     """Return the text of every file that lists the members, by path. Raises ConfigError on invalid input."""
+    addresses = [member.private_ip for member in members]
     return {
-        config.paths.keepalived_conf: render_keepalived_conf(keepalived_inputs_for(config, members)),
-        config.paths.galera_conf: render_galera_cnf(galera_inputs_for(config, members)),
+        config.paths.keepalived_conf: render_keepalived_conf(keepalived_inputs(config, addresses)),
+        config.paths.galera_conf: render_galera_cnf(galera_inputs(config, addresses)),
     }
 
 

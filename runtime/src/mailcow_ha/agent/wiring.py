@@ -20,7 +20,7 @@ from mailcow_ha.adapters.keepalived import UNHEALTHY, HealthFile, KeepalivedProc
 from mailcow_ha.agent.events import EventWatcher, StreamConnected
 from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.main import Agent, AgentParts
-from mailcow_ha.agent.membership import MembershipSync, load_membership
+from mailcow_ha.agent.membership import Membership, MembershipSync, load_membership
 from mailcow_ha.agent.process import PID_FILE
 from mailcow_ha.agent.snapshot import BreakerSnapshot, NodeSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
@@ -29,7 +29,7 @@ from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import MailcowHaError
 from mailcow_ha.failover.lock import TransitionLock
-from mailcow_ha.failover.transitions import TransitionOutcome, TransitionRunner
+from mailcow_ha.failover.transitions import TransitionCallable, TransitionOutcome, TransitionRunner
 from mailcow_ha.failover.wiring import Failover, build_failover
 from mailcow_ha.health.containers import ContainerProbe
 from mailcow_ha.health.galera import GaleraProbe
@@ -69,40 +69,56 @@ def build_probes(config: NodeConfig) -> tuple[GaleraProbe, ContainerProbe, Mount
         config.volume_device,
         cluster=config.cluster,
         volume_id=config.hetzner.shared_volume_id,
-        interval=health.interval,
+        interval=health.system_interval,
     )
-    floating_ips = FloatingIpProbe(config.node.public_interface, config.hetzner.floating_ips, interval=health.interval)
+    floating_ips = FloatingIpProbe(
+        config.node.public_interface, config.hetzner.floating_ips, interval=health.system_interval
+    )
     return galera, containers, mount, floating_ips
 
 
-def build_agent(config: NodeConfig, alerter: Alerter, *, initially_failing: bool | None = None) -> Agent:
-    """Wire the production agent: real adapters, the failover core, switchover, Galera actions, status API."""
+def build_agent(
+    config: NodeConfig,
+    alerter: Alerter,
+    *,
+    initially_failing: bool | None = None,
+    transitions: tuple[TransitionCallable, TransitionCallable] | None = None,
+) -> Agent:
+    """Wire the production agent: real adapters, the failover core, switchover, Galera actions, status API.
+
+    `transitions` replaces the failover core's promote and demote (and with them switchover and
+    the breaker) by the given pair, for benchmarks that measure the agent alone.
+    """
     health_file = HealthFile(config.paths.health_file)
     if initially_failing is None:
         initially_failing = health_file.read() == UNHEALTHY
     galera, containers, mount, floating_ips = build_probes(config)
     probes: list[Probe] = [galera, containers, mount, floating_ips]
     monitor = HealthMonitor(probes, config.health, initially_failing=initially_failing)
-    failover = build_failover(config, alerter)
-    cloud = HetznerCloud(config.hetzner)
-
     agent_holder: list[Agent] = []
 
     def node_snapshot() -> NodeSnapshot:
         # The participant needs the agent's snapshot, and the agent needs the participant's hold.
         return agent_holder[0].snapshot()
 
-    participant = SwitchoverParticipant(
-        config.node.name,
-        snapshot=node_snapshot,
-        demote=locked_demote(config, failover),
-    )
-    run_promote = participant.wrap_promote(failover.promote, planned_promote(failover))
+    failover: Failover | None = None
+    participant: SwitchoverParticipant | None = None
+    run_promote: TransitionCallable
+    run_demote: TransitionCallable
+    if transitions is None:
+        failover = build_failover(config, alerter)
+        participant = SwitchoverParticipant(
+            config.node.name, snapshot=node_snapshot, demote=locked_demote(config, failover)
+        )
+        run_promote = participant.wrap_promote(failover.promote, planned_promote(failover))
+        run_demote = failover.demote
+    else:
+        run_promote, run_demote = transitions
 
     def runner_factory(on_outcome: Callable[[TransitionOutcome], None]) -> TransitionRunner:
         return TransitionRunner(
             run_promote,
-            failover.demote,
+            run_demote,
             lock=TransitionLock.in_run_dir(config.paths.run_dir),
             lock_timeout=config.deadlines.transition_lock,
             on_outcome=on_outcome,
@@ -112,11 +128,13 @@ def build_agent(config: NodeConfig, alerter: Alerter, *, initially_failing: bool
         engine = Engine(config.paths.docker_socket, request_timeout=config.deadlines.engine_request)
         return EventWatcher(engine, config.mailcow.project_name, on_event)
 
+    members = CachedMembership(config)
+
     def member_addresses() -> list[str]:
-        return [member.private_ip for member in load_membership(config).members]
+        return [member.private_ip for member in members.get().members]
 
     def member_names() -> tuple[str, ...]:
-        return tuple(member.name for member in load_membership(config).members)
+        return tuple(member.name for member in members.get().members)
 
     parts = AgentParts(
         config=config,
@@ -136,27 +154,34 @@ def build_agent(config: NodeConfig, alerter: Alerter, *, initially_failing: bool
             timeout=config.health.watchdog_timeout,
             restart_delay=config.keepalived.agent_restart_delay,
         ),
-        health_override=participant.health_override,
-        breaker_status=lambda: breaker_snapshot(failover, config),
+        health_override=None if participant is None else participant.health_override,
+        breaker_status=None if failover is None else _breaker_source(failover, config),
         members=member_names,
     )
     agent = Agent(parts)
     agent_holder.append(agent)
 
     api = StatusApi.from_config(config, agent.snapshot, allowed_clients=member_addresses)
-    participant.register(api, demote_timeout=config.deadlines.containers_stop + config.deadlines.holders_term + 30.0)
+    if participant is not None:
+        demote_timeout = config.deadlines.containers_stop + config.deadlines.holders_term + 30.0
+        participant.register(api, demote_timeout=demote_timeout)
     register_galera_actions(api, local_member(config))
     parts.background.append(api.start)
     parts.closers.append(api.stop)
 
     if config.membership.enabled:
-        sync = PeriodicSync(MembershipSync(config, cloud), config.membership.sync_interval)
+        sync = PeriodicSync(MembershipSync(config, HetznerCloud(config.hetzner)), config.membership.sync_interval)
         parts.background.append(sync.start)
         parts.closers.append(sync.close)
     parts.closers.append(galera.client.close)
     parts.closers.append(containers.engine.close)
-    parts.closers.append(failover.close)
+    if failover is not None:
+        parts.closers.append(failover.close)
     return agent
+
+
+def _breaker_source(failover: Failover, config: NodeConfig) -> Callable[[], BreakerSnapshot]:
+    return lambda: breaker_snapshot(failover, config)
 
 
 def breaker_snapshot(failover: Failover, config: NodeConfig) -> BreakerSnapshot:
@@ -167,6 +192,25 @@ def breaker_snapshot(failover: Failover, config: NodeConfig) -> BreakerSnapshot:
         window=config.breaker.window,
         detail=status.reason,
     )
+
+
+class CachedMembership:
+    """The stored members, re-read at most every `max_age` seconds (the snapshot asks on every loop pass)."""
+
+    def __init__(self, config: NodeConfig, max_age: float = 10.0) -> None:
+        self.config = config
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._value: Membership | None = None
+        self._read_at = 0.0
+
+    def get(self) -> Membership:
+        with self._lock:
+            now = time.monotonic()
+            if self._value is None or now - self._read_at >= self.max_age:
+                self._value = load_membership(self.config)
+                self._read_at = now
+            return self._value
 
 
 class PeriodicSync:

@@ -112,12 +112,28 @@ class RestartTracker:
         self.window = window
         self._clock = clock
         self._lock = threading.Lock()
+        self._counting = True
         self._deaths: defaultdict[str, deque[float]] = defaultdict(deque)
         self._restart_counts: dict[str, int] = {}
         self._deaths_since_poll: defaultdict[str, int] = defaultdict(int)
         self._stopped_at: dict[str, float] = {}
         self._latest_death: dict[str, tuple[str, float]] = {}
         self._service_of: dict[str, str] = {}
+
+    def set_counting(self, counting: bool) -> None:
+        """Count deaths only while the node serves as master; switching counting on starts from zero.
+
+        A demote's stops and a promote's starts are no restarts, and podman 4.3 reports a stop
+        only as `die`, without the `stop` or `kill` event Docker sends, so deaths outside a
+        settled master role cannot be told apart and are not counted.
+        """
+        with self._lock:
+            if counting and not self._counting:
+                self._deaths.clear()
+                self._restart_counts.clear()
+                self._deaths_since_poll.clear()
+                self._latest_death.clear()
+            self._counting = counting
 
     def note_event(self, event: ContainerEvent) -> None:
         with self._lock:
@@ -128,7 +144,7 @@ class RestartTracker:
         service = event.service or self._service_of.get(event.container_id, "")
         if event.action in ("stop", "kill"):
             self._stopped_at[event.container_id] = now
-        elif event.action == "die" and service:
+        elif event.action == "die" and service and self._counting:
             self._deaths[service].append(now)
             self._deaths_since_poll[event.container_id] += 1
             self._latest_death[service] = (event.container_id, now)
@@ -146,7 +162,7 @@ class RestartTracker:
             self._service_of[container.id] = container.service
             previous = self._restart_counts.get(container.id)
             self._restart_counts[container.id] = container.restart_count
-            if previous is None:
+            if previous is None or not self._counting:
                 continue
             unseen = container.restart_count - previous - self._deaths_since_poll.pop(container.id, 0)
             for _ in range(max(0, unseen)):
@@ -171,7 +187,13 @@ class RestartTracker:
 
 
 class ContainerProbe:
-    """Lists the compose project's containers through the engine and judges them for the role."""
+    """Reads the compose project's containers through the engine and judges them for the role.
+
+    A full read (list, then inspect each container) runs at least every `interval` seconds. In
+    between, a run inspects only the containers that engine events named and those that failed
+    the last run, so the runs that confirm a container's death cost one request each instead of
+    one per container.
+    """
 
     name = CONTAINERS
 
@@ -198,22 +220,32 @@ class ContainerProbe:
         self.tracker = RestartTracker(window, clock)
         self._clock = clock
         self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, ContainerInfo] = {}
+        self._named: set[str] = set()
+        """Containers named by events since the last run."""
+        self._full_read_at: float | None = None
         self.last_containers: tuple[ContainerInfo, ...] = ()
         self.last_states: tuple[ServiceState, ...] = ()
+        self.full_reads = 0
+        self.partial_reads = 0
 
     def note_event(self, event: ContainerEvent) -> None:
         """Record an engine event (thread-safe: `check` may run meanwhile on a probe worker)."""
         self.tracker.note_event(event)
+        with self._lock:
+            self._named.add(event.container_id)
 
     def check(self, role: Role, deadline: Deadline) -> ProbeResult:
         started = self._clock()
         try:
-            containers = self.engine.project_containers(self.project)
+            containers = self._read()
         except MailcowHaError as error:
+            with self._lock:
+                self._full_read_at = None
             return ProbeResult(
                 CONTAINERS, False, f"engine unreachable: {error}", self._wall_clock(), self._clock() - started
             )
-        self.tracker.note_poll(containers)
         self.last_containers = tuple(containers)
         if role is Role.MASTER:
             by_service: defaultdict[str, list[ContainerInfo]] = defaultdict(list)
@@ -231,3 +263,31 @@ class ContainerProbe:
             self.last_states = ()
             ok, detail = evaluate_standby(containers)
         return ProbeResult(CONTAINERS, ok, detail, self._wall_clock(), self._clock() - started)
+
+    def _read(self) -> list[ContainerInfo]:
+        with self._lock:
+            named, self._named = self._named, set()
+            fresh = self._full_read_at is not None and self._clock() - self._full_read_at < self.interval
+            suspects = {container.id for container in self._cache.values() if not container.ready}
+        if not fresh or not named <= set(self._cache):
+            containers = self.engine.project_containers(self.project)
+            self.tracker.note_poll(containers)
+            with self._lock:
+                self._cache = {container.id: container for container in containers}
+                self._full_read_at = self._clock()
+            self.full_reads += 1
+            return sorted(containers, key=lambda container: container.name)
+        for container_id in sorted(named | suspects):
+            try:
+                updated = self.engine.inspect(container_id)
+            except MailcowHaError:
+                # Removed since the last read, or the engine failed: the next full read decides.
+                with self._lock:
+                    self._full_read_at = None
+                return self._read()
+            self.tracker.note_poll([updated])
+            with self._lock:
+                self._cache[container_id] = updated
+        self.partial_reads += 1
+        with self._lock:
+            return sorted(self._cache.values(), key=lambda container: container.name)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mailcow_ha import state
+from mailcow_ha.alert_events import Alerter, AlertEvent
 from mailcow_ha.errors import ExitCode, MailcowHaError
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,54 @@ def describe(maintenance: Maintenance | None, now: float) -> str:
         left = _span(maintenance.expires_at - now)
         return f"on until {_clock(maintenance.expires_at)} ({left} left){reason}"
     return f"off: expired at {_clock(maintenance.expires_at)} while still switched on{reason}"
+
+
+class MaintenanceWatch:
+    """The agent's view of maintenance mode: re-reads the file only when it changed, alerts on problems.
+
+    It alerts once when the stored window expired while still switched on (and records that in
+    the file), and when the file was corrupt (it is then moved aside and counts as off).
+    """
+
+    def __init__(self, state_dir: Path, alerter: Alerter) -> None:
+        self.state_dir = state_dir
+        self.alerter = alerter
+        self._signature: tuple[int, int] | None = None
+        self._cached: Maintenance | None = None
+
+    def current(self, now: float) -> Maintenance | None:
+        """Return the stored window (active or expired), None when off or unreadable."""
+        try:
+            window, problem = self._read()
+        except MailcowHaError as error:
+            log.error("maintenance mode unreadable, treated as off: %s", error)
+            return None
+        if problem is not None:
+            self.alerter.send(AlertEvent.STATE_CORRUPT, problem)
+        if window is not None and window.expired(now) and not window.expiry_alerted:
+            reason = f"maintenance mode {describe(window, now)}; failovers are enabled again"
+            log.warning("%s", reason)
+            self.alerter.send(AlertEvent.MAINTENANCE_EXPIRED, reason)
+            try:
+                window = mark_expiry_alerted(self.state_dir, window)
+            except MailcowHaError as error:
+                log.error("could not record the maintenance expiry alert: %s", error)
+        return window
+
+    def _read(self) -> tuple[Maintenance | None, str | None]:
+        try:
+            info = maintenance_path(self.state_dir).stat()
+            signature: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            signature = None
+        except OSError:
+            signature = (-1, -1)
+        if signature is not None and signature == self._signature:
+            return self._cached, None
+        window, problem = read_maintenance(self.state_dir)
+        self._signature = signature
+        self._cached = window
+        return window, problem
 
 
 def _clock(timestamp: float) -> str:
