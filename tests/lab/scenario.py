@@ -229,6 +229,8 @@ class Scenario:
 
     def missing_mails(self, before: float, master: LabNode) -> list[str]:
         """Return the mails acknowledged before `before` that are not on the shared volume now."""
+        if master.name not in self.lab.view().mounted_on:
+            raise LabError(f"the shared volume is not mounted on {master.name}, so its mails cannot be checked there")
         spool = master.machine.path(master.config.paths.mount_point) / SPOOL
         return missing(self.mail.acknowledged(before), mail_ids_on_volume(spool))
 

@@ -148,4 +148,5 @@ def test_second_fault_in_breaker_window(lab: Lab, open_scenario: Callable[[Lab],
     assert scenario.alerts("breaker-tripped")
     status = _breaker(lab, second)
     assert status["open"] is True
-    scenario.assert_invariants(before=fault_at, master=first)
+    recovered = restore(lab)
+    scenario.assert_invariants(before=fault_at, master=recovered)
