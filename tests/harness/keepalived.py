@@ -309,7 +309,10 @@ class VrrpCluster:
         )
 
     def close(self) -> None:
-        """Stop every keepalived, then delete the namespaces."""
+        """Stop every keepalived (all at once, then wait for each), then delete the namespaces."""
+        for node in self.nodes:
+            if node.daemon.running and node.daemon.process is not None:
+                node.daemon.process.terminate()
         for node in self.nodes:
             node.daemon.close()
         self.topology.close()

@@ -140,6 +140,9 @@ class AgentCluster:
 
     def close(self) -> None:
         for agent in self.agents:
+            if agent.process is not None and agent.process.poll() is None:
+                agent.process.terminate()
+        for agent in self.agents:
             agent.stop()
         _wait_for_guardians(self.vrrp.base_dir, timeout=RESTART_DELAY + 5)
         self.vrrp.close()
