@@ -1,9 +1,9 @@
 """Measure the node agent: steady-state CPU on an idle healthy master, and the time from a critical
 container's death to keepalived leaving MASTER; then the same for a naive polling script.
 
-The measured node is a real setup on this machine: a one-member MariaDB Galera cluster (Primary
-and Synced), seven containers named like mailcow's in podman (through its Docker API), the
-floating IP on the node's interface, and keepalived in a network namespace with a second
+The measured node is a real setup on this machine. It has a one-member MariaDB Galera cluster
+(Primary and Synced), seven containers named like mailcow's in podman (through its Docker API),
+the floating IP on the node's interface, and keepalived in a network namespace with a second
 keepalived as its peer. The agent is the production wiring (`build_agent`, probes, event
 watcher, guardian, status API). Its promote mounts a tmpfs with the volume marker at the mount
 point and starts the containers, and its demote stops them and unmounts: no cloud resource moves.
@@ -74,7 +74,7 @@ os.replace(temporary, health)
 
 
 def run_node(config_path: Path) -> int:
-    """The measured agent: production wiring; promote and demote mount a tmpfs and start containers, or undo it."""
+    """Run the measured agent: production wiring; promote and demote mount a tmpfs and start containers, or undo it."""
     from mailcow_ha.adapters import blockdev
     from mailcow_ha.adapters.engine import Engine
     from mailcow_ha.agent.wiring import build_agent
@@ -118,7 +118,7 @@ def run_node(config_path: Path) -> int:
 
 
 def run_naive(arguments: list[str], interval: float) -> int:
-    """The naive alternative: a fresh interpreter every `interval` seconds."""
+    """Run the naive alternative: a fresh interpreter every `interval` seconds."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     while not stop.is_set():
@@ -326,7 +326,7 @@ class Bench:
         log.close()
 
     def agent_pid(self) -> int:
-        """The agent's own pid (inside `ip netns exec`, which execs it in place)."""
+        """Return the agent's own pid (`ip netns exec` execs it in place, so it keeps the pid)."""
         assert self.agent is not None
         return self.agent.pid
 
@@ -476,7 +476,7 @@ def summarize(name: str, latencies: list[float]) -> str:
 
 
 def measure_naive(bench: Bench, seconds: float, services: list[str]) -> dict[str, Any]:
-    """The naive polling script alone writes the track file: its CPU, then its detection latency."""
+    """Measure the naive polling script's CPU, then its detection latency; it alone writes the track file."""
     bench.start_naive()
     wait(lambda: bench.node.health_file.read_text().strip() == "0", 30, "the naive script's first verdict")
     bench.make_node_master()
@@ -489,7 +489,7 @@ def measure_naive(bench: Bench, seconds: float, services: list[str]) -> dict[str
 
 
 def measure_agent(bench: Bench, seconds: float, services: list[str]) -> dict[str, Any]:
-    """The agent: its CPU (and its guardian's) while idle, its detection latency, its own failures."""
+    """Measure the agent's CPU (and its guardian's) while idle, its detection latency, and its own failures."""
     bench.peer.set_health(1)
     offset = bench.log_size()
     bench.start_agent()

@@ -59,7 +59,7 @@ class RecordingAlerter:
 
 
 class Transitions:
-    """Promote and demote callables that record their runs; promote fails when told to."""
+    """Promote and demote callables that record their runs; promote fails when `fail_promote` is set."""
 
     def __init__(self) -> None:
         self.runs: list[str] = []

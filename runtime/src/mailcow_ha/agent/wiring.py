@@ -195,7 +195,7 @@ def breaker_snapshot(failover: Failover, config: NodeConfig) -> BreakerSnapshot:
 
 
 class CachedMembership:
-    """The stored members, re-read at most every `max_age` seconds (the snapshot asks on every loop pass)."""
+    """The stored members, re-read at most every `max_age` seconds, because every loop pass reads them."""
 
     def __init__(self, config: NodeConfig, max_age: float = 10.0) -> None:
         self.config = config

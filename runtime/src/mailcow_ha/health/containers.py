@@ -123,9 +123,9 @@ class RestartTracker:
     def set_counting(self, counting: bool) -> None:
         """Count deaths only while the node serves as master; switching counting on starts from zero.
 
-        A demote's stops and a promote's starts are no restarts, and podman 4.3 reports a stop
-        only as `die`, without the `stop` or `kill` event Docker sends, so deaths outside a
-        settled master role cannot be told apart and are not counted.
+        A demote's stops and a promote's starts are no restarts. podman 4.3 reports a stop only
+        as `die`, without the `stop` or `kill` event Docker sends, so a stop outside a settled
+        master role looks like a crash, and deaths there are not counted.
         """
         with self._lock:
             if counting and not self._counting:
