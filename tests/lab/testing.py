@@ -16,7 +16,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 _TOOLS = ("keepalived", "mariadbd", "podman", "runc", "losetup", "nsenter", "busybox", "mkfs.ext4")
 
 
-def _missing_requirement() -> str | None:
+def missing_requirement() -> str | None:
+    """Return why this machine cannot run a lab, or None when it can."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, loop devices, mounts)"
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
@@ -27,7 +28,7 @@ def _missing_requirement() -> str | None:
 
 def build_lab(options: LabOptions) -> Lab:
     """Bring a lab up, or skip when this machine cannot run one; the caller takes it down."""
-    problem = _missing_requirement()
+    problem = missing_requirement()
     if problem is not None:
         pytest.skip(problem)
     lab = Lab.create(options)
