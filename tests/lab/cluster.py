@@ -390,8 +390,8 @@ class Lab:
         """Prepare the shared volume once, on the node the Pulumi program attached it to."""
         first = self.nodes[min(self.nodes)]
         # NOTE: even the shortest MMP interval makes a mount after an unclean loss wait about 22 s,
-        # because the kernel checks at least every 5 s and waits two check periods twice. The
-        # default interval of 5 s makes it about 42 s.
+        # because the kernel checks at least every 5 s and waits two check periods twice. With the
+        # default interval of 5 s a mount outlasted the lab's 40 s mount deadline.
         first.machine.run(self.runtime_command(first, "init-data", "--mmp-interval", "1"), timeout=120.0)
 
     def _create_database_users(self, node: LabNode) -> None:
