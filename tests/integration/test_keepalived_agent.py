@@ -239,7 +239,7 @@ def test_maintenance_holds_master(cluster: AgentCluster) -> None:
     second = cluster.master(timeout=10, exclude=first.node)
 
     assert second.node is not first.node
-    assert "QUORUM" in first.alerts().upper()
+    assert "quorum-lost" in [line.split("\t", 1)[0] for line in first.alerts().splitlines()]
 
 
 def test_restarted_agent_keeps_master(cluster: AgentCluster) -> None:
@@ -256,3 +256,21 @@ def test_restarted_agent_keeps_master(cluster: AgentCluster) -> None:
     assert first.transitions().count("promote") == promotes
     assert first.node.health_file.read_text().strip() == "0"
     assert "agent start: the master's service is complete; nothing to do" in first.log_path.read_text()
+
+
+def test_quorum_lost_everywhere_no_master(cluster: AgentCluster) -> None:
+    first = cluster.master(timeout=15)
+    wait(lambda: first.transitions()[-1:] == ["promote"], 5, "the first master's promote")
+    promotes = {agent.node.name: agent.transitions().count("promote") for agent in cluster.agents}
+
+    for agent in cluster.agents:
+        agent.set_probe("galera", "quorum-lost outside the primary component (cluster status non-Primary)")
+    wait(lambda: not cluster.vrrp.masters(), 10, "every node to leave MASTER")
+    time.sleep(3.0)
+
+    assert cluster.vrrp.masters() == []
+    for agent in cluster.agents:
+        agent.node.daemon.wait_state("FAULT", timeout=2)
+        assert agent.transitions().count("promote") == promotes[agent.node.name]
+        events = [line.split("\t", 1)[0] for line in agent.alerts().splitlines()]
+        assert events.count("quorum-lost") == 1

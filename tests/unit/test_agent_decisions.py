@@ -127,3 +127,20 @@ def test_keepalived_gone_after_two_misses_once() -> None:
         actions.append(act)
 
     assert actions == [False, False, True, False, False, False, True]
+
+
+def test_gate_promote_needs_passing_galera() -> None:
+    from mailcow_ha.agent.decisions import gate_promote
+    from mailcow_ha.health.verdict import GALERA, ProbeRecord, ProbeResult
+
+    passing = ProbeRecord(ProbeResult(GALERA, True, "Synced"), 0, 3, failing=False)
+    failed_once = ProbeRecord(ProbeResult(GALERA, False, "outside the primary component"), 1, 0, failing=False)
+    recovering = ProbeRecord(ProbeResult(GALERA, True, "Synced"), 0, 1, failing=True)
+
+    assert gate_promote(passing)[0]
+    assert gate_promote(None)[0]
+    assert gate_promote(failed_once) == (
+        False,
+        "the local Galera member is not usable (outside the primary component)",
+    )
+    assert not gate_promote(recovering)[0]

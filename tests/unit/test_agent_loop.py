@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from mailcow_ha.alert_events import AlertEvent
 from mailcow_ha.config import NodeConfig, parse_config
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import CloudError
+from mailcow_ha.failover.history import write_failover_start
 from mailcow_ha.failover.transitions import CancelToken, TransitionOutcome, TransitionRunner, VrrpState
 from mailcow_ha.health.monitor import HealthMonitor
 from mailcow_ha.health.verdict import CONTAINERS, FLOATING_IP, GALERA, MOUNT, ProbeResult, Role
@@ -296,3 +298,60 @@ def test_vanished_keepalived_demotes(make_node: Callable[..., Node]) -> None:
     node.keepalived.alive = False
     node.wait(lambda: agent.snapshot().vrrp_state == "STOP", timeout=8)
     node.wait(lambda: node.transitions.runs[-1] == "demote")
+
+
+def test_verdict_change_logged_once(make_node: Callable[..., Node], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailcow_ha.agent.main")
+    node = make_node(VrrpState.BACKUP)
+    node.start()
+    node.wait(lambda: node.health.read() == 0)
+
+    node.probes[CONTAINERS].ok = False
+    node.wait(lambda: node.health.read() == 1)
+    time.sleep(0.5)
+
+    changes = [record.getMessage() for record in caplog.records if record.getMessage().startswith("verdict UNHEALTHY")]
+    assert changes == ["verdict UNHEALTHY: containers: broken"]
+
+
+def test_grace_period_after_failover(make_node: Callable[..., Node]) -> None:
+    node = make_node(VrrpState.BACKUP)
+
+    def promote_records_start(token: CancelToken) -> None:
+        node.transitions.runs.append("promote")
+        write_failover_start(node.config.paths.state_dir, time.time(), "record-1")
+
+    node.transitions.promote = promote_records_start  # type: ignore[method-assign]
+    agent = node.start()
+    node.wait(lambda: node.health.read() == 0)
+    node.probes[CONTAINERS].ok = False
+    node.say("MASTER")
+    node.wait(lambda: agent.snapshot().reason.endswith("(grace period after a failover)"))
+    time.sleep(0.3)
+    in_grace = node.health.read()
+    grace_until = agent.snapshot().grace_until
+
+    node.probes[CONTAINERS].ok = True
+    node.wait(lambda: agent.snapshot().reason == "master: all probes pass")
+    node.probes[CONTAINERS].ok = False
+    node.wait(lambda: node.health.read() == 1)
+
+    assert in_grace == 0
+    assert grace_until is not None
+    assert agent.snapshot().grace_until is None
+    assert agent.snapshot().reason == "containers: broken"
+
+
+def test_master_without_quorum_does_not_promote(make_node: Callable[..., Node]) -> None:
+    node = make_node(VrrpState.BACKUP)
+    agent = node.start()
+    node.wait(lambda: node.health.read() == 0)
+
+    node.probes[GALERA].ok = False
+    node.probes[GALERA].quorum_lost = True
+    node.say("MASTER")
+    node.wait(lambda: node.health.read() == 1)
+
+    assert node.transitions.runs == ["demote"]
+    assert agent.snapshot().vrrp_state == "MASTER"
+    assert not agent.snapshot().healthy

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailcow_ha.failover.transitions import TransitionAction, TransitionResult, TransitionStatus, VrrpState
-from mailcow_ha.health.verdict import Role
+from mailcow_ha.health.verdict import ProbeRecord, Role
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,19 @@ def note_keepalived(watch: KeepalivedWatch, running: bool, *, misses_to_stop: in
         return KeepalivedWatch(0), False
     misses = watch.misses + 1
     return KeepalivedWatch(misses), misses == misses_to_stop
+
+
+def gate_promote(galera: ProbeRecord | None) -> tuple[bool, str]:
+    """Decide whether MASTER may run a promote, from a Galera probe run just before. Returns (allow, reason).
+
+    A node outside Galera's primary component must not become master, so a promote runs only when
+    the latest Galera probe passed and the probe is not failing. This also stops a node from
+    promoting in the moments before its own quorum loss is confirmed, when the whole cluster lost it.
+    """
+    if galera is None:
+        return True, "no Galera probe configured"
+    if not galera.last.ok:
+        return False, f"the local Galera member is not usable ({galera.last.detail})"
+    if galera.failing:
+        return False, "the local Galera member is recovering and has not passed enough consecutive probes"
+    return True, "the local Galera member is Synced in the primary component"

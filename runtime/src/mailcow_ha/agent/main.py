@@ -28,6 +28,7 @@ from mailcow_ha.agent.decisions import (
     KeepalivedWatch,
     derive_role,
     failed_promote,
+    gate_promote,
     note_keepalived,
     plan_master_resume,
     plan_resume,
@@ -109,6 +110,7 @@ class Agent:
         self._written: bool | None = None
         self._quorum_alerted = False
         self._grace_start: float | None = None
+        self._refused_promote: tuple[str, float] | None = None
         self._breaker: BreakerSnapshot | None = None
         self._maintenance = maintenance_mode.MaintenanceWatch(self.config.paths.state_dir, parts.alerter)
         self._next_breaker_read = 0.0
@@ -173,7 +175,7 @@ class Agent:
         if isinstance(item, FifoMessage):
             log.info("keepalived reports %s (priority %s)", item.state, item.priority)
             self._set_vrrp(item.state)
-            self.runner.submit(item.state)
+            self._submit(item.state)
         elif isinstance(item, ContainerEvent):
             log.debug("container event %s for %s", item.action, item.name or item.container_id[:12])
             if self.parts.containers is not None:
@@ -186,6 +188,18 @@ class Agent:
             self._next_breaker_read = 0.0
             if item.state is VrrpState.MASTER:
                 self._grace_start = self._read_grace_start()
+
+    def _submit(self, state: VrrpState) -> None:
+        """Hand a state to the transition runner; MASTER only after a fresh Galera probe passed."""
+        if state is VrrpState.MASTER and GALERA in self.parts.monitor.names:
+            self.parts.monitor.request(GALERA)
+            self.parts.monitor.run_due()
+            allow, reason = gate_promote(self.parts.monitor.records.get(GALERA))
+            if not allow:
+                log.error("keepalived made this node MASTER, but no promote runs: %s", reason)
+                self._refused_promote = (f"rejected, {reason}", time.time())
+                return
+        self.runner.submit(state)
 
     def _set_vrrp(self, state: VrrpState | None) -> None:
         if state is not self._vrrp_state:
@@ -224,7 +238,7 @@ class Agent:
                 if maintenance is None or not maintenance.active(now)
                 else maintenance_mode.describe(maintenance, now),
                 grace=self._in_grace(role, now),
-                failed_transition=failed_promote(status, now=now, hold=self.config.health.failed_transition_hold),
+                failed_transition=self._failed_promote(status, now),
                 configured=monitor.names,
             )
         )
@@ -276,7 +290,14 @@ class Agent:
         if plan.verify_master:
             self._verify_master()
         elif plan.submit and plan.state is not None:
-            self.runner.submit(plan.state)
+            self._submit(plan.state)
+
+    def _failed_promote(self, status: TransitionStatus, now: float) -> str | None:
+        hold = self.config.health.failed_transition_hold
+        failed = failed_promote(status, now=now, hold=hold)
+        if failed is None and self._refused_promote is not None and now - self._refused_promote[1] < hold:
+            return self._refused_promote[0]
+        return failed
 
     def _verify_master(self) -> None:
         """Run the master's probes once and promote only if the service is incomplete."""
@@ -289,7 +310,7 @@ class Agent:
         promote, reason = plan_master_resume(failing)
         log.info("agent start: %s", reason)
         if promote:
-            self.runner.submit(VrrpState.MASTER)
+            self._submit(VrrpState.MASTER)
         else:
             self._resumed_master = True
 
@@ -302,7 +323,7 @@ class Agent:
             if plan.verify_master:
                 self._verify_master()
             elif plan.submit:
-                self.runner.submit(state)
+                self._submit(state)
 
     def _dump_state(self) -> VrrpState | None:
         try:
