@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     on.add_argument(
         "--for",
         dest="duration",
-        type=maintenance.parse_duration,
+        type=_duration,
         default=None,
         metavar="DURATION",
         help="switch it off by itself after DURATION, e.g. 30m, 2h or 1h30m (default: until `maintenance off`)",
@@ -43,6 +43,13 @@ def register(subparsers: Any) -> None:
     status = actions.add_parser("status", help="show whether maintenance mode is on (exit 0 when on, 4 when off)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=run_status)
+
+
+def _duration(text: str) -> float:
+    try:
+        return maintenance.parse_duration(text)
+    except maintenance.MaintenanceInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_on(args: argparse.Namespace) -> ExitCode:
