@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from harness.nodeconfig import node_config_dict, write_node_config
 from mailcow_ha.agent.process import AgentLock
+from mailcow_ha.agent.snapshot import NodeSnapshot
+from mailcow_ha.agent.statusapi import StatusApi
 from mailcow_ha.cli import main
 from mailcow_ha.cli.agent import main as agent_main
 from mailcow_ha.errors import ExitCode
+from mailcow_ha.ops.maintenance import ACTION, action_handler, read_maintenance
 
 
 @pytest.fixture
@@ -21,10 +26,12 @@ def config_path(tmp_path: Path) -> Path:
 
 
 def test_maintenance_round_trip(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    on = main(["--config", str(config_path), "maintenance", "on", "--for", "30m", "--reason", "mailcow update"])
+    on = main(
+        ["--config", str(config_path), "maintenance", "on", "--local", "--for", "30m", "--reason", "mailcow update"]
+    )
     status_on = main(["--config", str(config_path), "maintenance", "status", "--json"])
     document = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    off = main(["--config", str(config_path), "maintenance", "off"])
+    off = main(["--config", str(config_path), "maintenance", "off", "--local"])
     status_off = main(["--config", str(config_path), "maintenance", "status"])
     output = capsys.readouterr().out
 
@@ -74,3 +81,56 @@ def test_second_agent_rejected(config_path: Path, tmp_path: Path, monkeypatch: p
 
     assert code == ExitCode.REFUSED
     assert not (tmp_path / "run" / "agent.pid").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_maintenance_reaches_other_members(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    members = [
+        {"name": "mailcow-ha-test-1", "index": 1, "private_ip": "127.0.0.1"},
+        {"name": "mailcow-ha-test-2", "index": 2, "private_ip": "127.0.0.2"},
+        {"name": "mailcow-ha-test-3", "index": 3, "private_ip": "127.0.0.3"},
+    ]
+    document = node_config_dict(
+        node={"name": "mailcow-ha-test-1", "index": 1, "private_ip": "127.0.0.1"},
+        peers=members,
+        status_api={"secret": "cli-test-secret", "port": port},
+        paths={"state_dir": str(tmp_path / "state-1"), "run_dir": str(tmp_path / "run")},
+    )
+    config_path = write_node_config(tmp_path / "node.yaml", document)
+    peer_state = tmp_path / "state-2"
+    snapshot = NodeSnapshot("mailcow-ha-test", "mailcow-ha-test-2", 2, "127.0.0.2", "0", 0.0, 0.0)
+    api = StatusApi(
+        address="127.0.0.2",
+        port=port,
+        cluster="mailcow-ha-test",
+        node="mailcow-ha-test-2",
+        secret=SecretStr("cli-test-secret"),
+        snapshot=lambda: snapshot,
+    )
+    api.register_action(ACTION, action_handler(peer_state, "mailcow-ha-test-2"), summary="test", timeout=5.0)
+    api.start()
+    try:
+        on = main(["--config", str(config_path), "maintenance", "on", "--for", "1h", "--reason", "update"])
+        peer_window, _ = read_maintenance(peer_state)
+        off = main(["--config", str(config_path), "maintenance", "off"])
+        peer_after, _ = read_maintenance(peer_state)
+    finally:
+        api.stop()
+    output = capsys.readouterr()
+
+    assert on == ExitCode.DEGRADED
+    assert peer_window is not None
+    assert peer_window.reason == "update"
+    assert peer_window.expires_at is not None
+    assert peer_window.expires_at - peer_window.since == 3600
+    assert off == ExitCode.DEGRADED
+    assert peer_after is None
+    assert "maintenance mode on mailcow-ha-test-2: on until" in output.out
+    assert "maintenance mode on mailcow-ha-test-3: NOT changed" in output.err
+    assert "was not changed on mailcow-ha-test-3" in output.err

@@ -113,3 +113,26 @@ def test_corrupt_file_counts_as_off(tmp_path: Path) -> None:
 def test_reason_must_be_one_line(tmp_path: Path) -> None:
     with pytest.raises(MaintenanceInputError, match="one line"):
         switch_on(tmp_path, duration=60, reason="two\nlines")
+
+
+def test_action_switches_and_validates(tmp_path: Path) -> None:
+    from mailcow_ha.agent.statusapi import ActionInputError
+    from mailcow_ha.ops.maintenance import action_handler
+
+    handle = action_handler(tmp_path, "node-2")
+
+    switched_on = handle({"on": True, "seconds": 600, "reason": "update"})
+    switched_off = handle({"on": False})
+
+    assert switched_on["node"] == "node-2"
+    assert switched_on["maintenance"].startswith("on until")
+    assert switched_off == {"node": "node-2", "maintenance": "off", "changed": True}
+    for bad in (
+        {},
+        {"on": "yes"},
+        {"on": True, "seconds": 0},
+        {"on": True, "seconds": True},
+        {"on": True, "reason": 5},
+    ):
+        with pytest.raises(ActionInputError):
+            handle(bad)

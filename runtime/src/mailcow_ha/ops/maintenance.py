@@ -17,16 +17,20 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mailcow_ha import state
+from mailcow_ha.agent.statusapi import ActionInputError
 from mailcow_ha.alert_events import Alerter, AlertEvent
 from mailcow_ha.errors import ExitCode, MailcowHaError
 
 log = logging.getLogger(__name__)
 
+ACTION = "maintenance"
+"""Name of the status API action that switches maintenance mode on another node."""
 MAX_DURATION = 7 * 86400.0
 """The maximum maintenance window `--for` accepts: a week."""
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -168,6 +172,40 @@ def describe(maintenance: Maintenance | None, now: float) -> str:
         left = _span(maintenance.expires_at - now)
         return f"on until {_clock(maintenance.expires_at)} ({left} left){reason}"
     return f"off: expired at {_clock(maintenance.expires_at)} while still switched on{reason}"
+
+
+def action_handler(state_dir: Path, node: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Return the status API handler that switches this node's maintenance mode.
+
+    Parameters: `on` (true or false), `seconds` (the window's length, or null for until switched
+    off) and `reason`. Invalid parameters raise ActionInputError, which the API answers with 400.
+    """
+
+    def handle(params: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return switch(params)
+        except MaintenanceInputError as error:
+            raise ActionInputError(str(error)) from None
+
+    def switch(params: Mapping[str, Any]) -> dict[str, Any]:
+        on = params.get("on")
+        if not isinstance(on, bool):
+            raise MaintenanceInputError("parameter 'on' must be true or false")
+        if not on:
+            removed = switch_off(state_dir)
+            return {"node": node, "maintenance": "off", "changed": removed}
+        seconds = params.get("seconds")
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_DURATION
+        ):
+            raise MaintenanceInputError(f"parameter 'seconds' must be null or a number in (0, {MAX_DURATION:g}]")
+        reason = params.get("reason", "")
+        if not isinstance(reason, str):
+            raise MaintenanceInputError("parameter 'reason' must be a string")
+        window = switch_on(state_dir, duration=None if seconds is None else float(seconds), reason=reason)
+        return {"node": node, "maintenance": describe(window, time.time()), "changed": True}
+
+    return handle
 
 
 class MaintenanceWatch:
