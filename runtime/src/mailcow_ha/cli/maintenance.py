@@ -3,7 +3,7 @@
 While the mode is on, the agent ignores container, mount and floating IP failures, so updating
 mailcow on the master does not fail it over. A node outside Galera's primary component still
 reports unhealthy. `on` and `off` apply to this node and, through the agents' status API, to
-every other member, so it does not matter on which node they run; `--local` changes this node
+every other member, so it does not matter on which node they run. `--local` changes this node
 only. The mode is stored in each node's state directory, so it survives agent restarts. It
 expires by itself after `--for`, and each agent alerts once if it expired while still switched on.
 """

@@ -178,7 +178,7 @@ def action_handler(state_dir: Path, node: str) -> Callable[[Mapping[str, Any]], 
     """Return the status API handler that switches this node's maintenance mode.
 
     Parameters: `on` (true or false), `seconds` (the window's length, or null for until switched
-    off) and `reason`. Invalid parameters raise ActionInputError, which the API answers with 400.
+    off) and `reason`. Invalid parameters raise ActionInputError, for which the API returns 400.
     """
 
     def handle(params: Mapping[str, Any]) -> dict[str, Any]:
