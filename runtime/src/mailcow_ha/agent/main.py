@@ -111,6 +111,7 @@ class Agent:
         self._quorum_alerted = False
         self._grace_start: float | None = None
         self._refused_promote: tuple[str, float] | None = None
+        self._write_failing = False
         self._breaker: BreakerSnapshot | None = None
         self._maintenance = maintenance_mode.MaintenanceWatch(self.config.paths.state_dir, parts.alerter)
         self._next_breaker_read = 0.0
@@ -271,8 +272,14 @@ class Agent:
         try:
             wrote = self.parts.health_file.ensure(verdict.healthy)
         except KeepalivedError as error:
-            log.error("%s", error)
+            # Logged once per failing stretch: the loop retries on every pass.
+            if not self._write_failing:
+                log.error("%s; keepalived keeps the previous verdict until a write succeeds", error)
+            self._write_failing = True
             return
+        if self._write_failing:
+            log.info("keepalived's track file is writable again")
+            self._write_failing = False
         if wrote and self._written == verdict.healthy:
             log.warning("keepalived's track file was changed from outside (a keepalived restart); rewrote it")
         self._written = verdict.healthy
