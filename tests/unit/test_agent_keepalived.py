@@ -158,3 +158,25 @@ def test_dump_rejects_symlink(tmp_path: Path) -> None:
 
     with pytest.raises(KeepalivedError, match="symbolic link"):
         KeepalivedProcess(tmp_path / "pid", tmp_path / "keepalived.data")._read_dump()
+
+
+def test_fifo_reader_follows_replaced_fifo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mailcow_ha.adapters.keepalived.PATH_CHECK_INTERVAL", 0.05)
+    path = tmp_path / "keepalived.fifo"
+    received: list[FifoMessage] = []
+    reader = FifoReader(path, "mailcow", received.append)
+    reader.start()
+    try:
+        path.unlink()
+        writer = open_fifo(path)
+        for _ in range(100):
+            os.write(writer, b'INSTANCE "mailcow" MASTER 250\n')
+            if received:
+                break
+            threading.Event().wait(0.05)
+        os.close(writer)
+    finally:
+        reader.close()
+
+    assert received
+    assert received[0].state is VrrpState.MASTER

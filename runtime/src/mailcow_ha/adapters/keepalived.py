@@ -46,6 +46,8 @@ _DUMP_STATE = re.compile(r"^\s*State = (?P<state>[A-Z]+)\s*$")
 _TOPOLOGY_HEADER = "------< VRRP Topology >------"
 _SECTION_PREFIX = "------<"
 _READ_CHUNK = 4096
+PATH_CHECK_INTERVAL = 5.0
+"""Seconds between two checks that the FIFO's path still names the FIFO the reader has open."""
 _MAX_LINE = 1024
 
 
@@ -146,9 +148,12 @@ class FifoReader:
 
     def _run(self) -> None:
         while True:
-            readable, _, _ = select.select([self._fd, self._stop_read], [], [])
+            readable, _, _ = select.select([self._fd, self._stop_read], [], [], PATH_CHECK_INTERVAL)
             if self._stop_read in readable:
                 return
+            if not readable:
+                self._follow_path()
+                continue
             try:
                 messages = self._read_messages()
             except OSError as error:
@@ -160,6 +165,28 @@ class FifoReader:
                     self._on_message(message)
                 except Exception:
                     log.exception("handling keepalived message %s failed", message)
+
+    def _follow_path(self) -> None:
+        """Reopen the FIFO when its path now names another file (deleted and created again)."""
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        except OSError as error:
+            log.warning("could not check keepalived's FIFO %s: %s", self.path, error)
+            return
+        opened = os.fstat(self._fd)
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            return
+        try:
+            new_fd = open_fifo(self.path)
+        except KeepalivedError as error:
+            log.error("%s", error)
+            return
+        log.warning("keepalived's FIFO %s was replaced; reading the new one", self.path)
+        os.close(self._fd)
+        self._fd = new_fd
+        self._buffer = b""
 
     def _read_messages(self) -> list[FifoMessage]:
         chunk = os.read(self._fd, _READ_CHUNK)
