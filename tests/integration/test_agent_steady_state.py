@@ -88,6 +88,8 @@ def test_idle_standby_makes_no_api_call(
             "docker_socket": podman.base_url,
         },
         keepalived={"priority": 250, "agent_restart_delay": 0.2},
+        # The agent runs inside the test process here, so its guardian would kill pytest on a hang.
+        health={"watchdog_timeout": 300},
         membership={"sync_interval": 3600},
     )
     config = parse_config(document)
