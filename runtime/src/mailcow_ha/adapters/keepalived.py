@@ -1,4 +1,4 @@
-"""keepalived, as the agent sees it: the notify FIFO, the track file, the pid file and the data dump.
+"""The agent's side of keepalived: the notify FIFO, the track file, the pid file and the data dump.
 
 Facts about keepalived 2.2.7 (Debian 12) that this module relies on, each checked against a
 running daemon:

@@ -32,7 +32,7 @@ def plan_resume(buffered: Sequence[VrrpState], dumped: VrrpState | None, *, keep
     `buffered` are the states keepalived wrote into the FIFO while no agent read it. No agent
     handled those transitions, so the newest one runs. Otherwise keepalived's data dump gives the state.
     A MASTER is verified first, because a healthy master needs nothing and a promote would move
-    nothing but cost API calls; any other state gets a demote, which does nothing on a node that
+    nothing but cost API calls. Any other state gets a demote, which does nothing on a node that
     serves nothing.
     """
     if buffered:

@@ -2,8 +2,8 @@
 
 Each probe has one long-lived worker thread. `start` hands the worker a run and `result`
 waits for it until the deadline. A run still going at the deadline counts as a failure. While
-that worker stays stuck, its probe fails at once without starting another thread, so hung runs
-never pile up and the agent's main loop never waits longer than the probe timeout.
+that worker stays stuck, its probe fails at once without starting another thread. So hung runs
+never pile up, and a pass of the agent's main loop waits at most one probe timeout for its probes.
 """
 
 from __future__ import annotations
