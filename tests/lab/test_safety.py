@@ -81,10 +81,12 @@ def test_two_galera_members_lost_no_promote(lab: Lab, open_scenario: Callable[[L
     faults.wait_for(lambda: not lab.view().serving, 60, "the master to stop serving without quorum")
     time.sleep(QUIET_PERIOD)
 
+    quorum_alerts = faults.wait_for(lambda: scenario.alerts("quorum-lost"), 60, "a quorum-lost alert")
+
+    assert quorum_alerts
     assert lab.view().serving == []
     assert lab.view().mounted_on == []
     assert scenario.volume_attachments_since(fault_at) == []
-    assert scenario.alerts("quorum-lost")
     for node in lab.nodes.values():
         status = _breaker(lab, node)
         assert status["open"] is False, f"{node.name}: {status}"
