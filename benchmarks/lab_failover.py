@@ -1,8 +1,9 @@
 """Failover time in the lab, per fault, split into phases; and the lab's peak memory.
 
-    .venv/bin/python benchmarks/lab_failover.py [--runs 3] [--action-latency 0] [--faults container-crash,power-off]
+    .venv/bin/python benchmarks/lab_failover.py [--nodes 3] [--runs 3] [--action-latency 0]
+                                                [--faults container-crash,power-off]
 
-Brings one 3-node lab up (root needed), then for each fault and run: restores the cluster to
+Brings one lab up (root needed), then for each fault and run: restores the cluster to
 one serving master, injects the fault on the master and waits until the client is served
 again through the floating IP. Prints each run's phases (detection, election, cloud moves,
 mount, container start, total), the median and max of each, and the peak memory of the whole
@@ -106,12 +107,13 @@ def one_run(lab: Lab, fault: str) -> dict[str, float | None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, choices=[3, 5], default=3, help="lab size (default 3)")
     parser.add_argument("--runs", type=int, default=3, help="runs per fault (default 3)")
     parser.add_argument("--action-latency", type=float, default=0.0, help="seconds each cloud action runs")
     parser.add_argument("--faults", default="container-crash,power-off", help="comma-separated faults")
     args = parser.parse_args()
 
-    lab = Lab.create(LabOptions(nodes=3, action_latency=args.action_latency))
+    lab = Lab.create(LabOptions(nodes=args.nodes, action_latency=args.action_latency))
     results: dict[str, list[dict[str, float | None]]] = {}
     try:
         with MemorySampler(lab) as memory:
@@ -123,7 +125,7 @@ def main() -> int:
     finally:
         lab.down()
 
-    print(f"\nlab up: {up_seconds:.1f} s; peak memory of the lab: {memory.peak / 2**20:.0f} MiB")
+    print(f"\n{args.nodes} nodes; lab up: {up_seconds:.1f} s; peak memory of the lab: {memory.peak / 2**20:.0f} MiB")
     print(f"action latency {args.action_latency:g} s, {args.runs} run(s) per fault; median / max in seconds")
     print("| fault | " + " | ".join(PHASES) + " |")
     print("|---|" + "---|" * len(PHASES))
