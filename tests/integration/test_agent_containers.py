@@ -164,6 +164,7 @@ def test_killed_container_seen_from_events(
         killed_at = time.monotonic()
         podman.podman("kill", "--signal", "KILL", project.containers["postfix-mailcow"])
         wait_for(lambda: health.read() == 1, 20, "the track file to report the death")
+        wait_for(lambda: not agent.snapshot().healthy, 5, "the snapshot to follow the track file")
         detected_after = time.monotonic() - killed_at
 
     reason = agent.snapshot().reason
@@ -205,5 +206,6 @@ def test_container_on_standby_is_unhealthy(
 
     podman.client.start(project.containers["nginx-mailcow"])
     wait_for(lambda: health.read() == 1, 20, "the track file to report the container")
+    wait_for(lambda: not agent.snapshot().healthy, 5, "the snapshot to follow the track file")
 
     assert agent.snapshot().reason == f"containers: running on a standby: {project.containers['nginx-mailcow']}"

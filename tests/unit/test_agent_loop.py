@@ -128,6 +128,12 @@ class Node:
     def say(self, state: str) -> None:
         os.write(self.fifo_writer, f'INSTANCE "mailcow" {state} 250\n'.encode())
 
+    def wait_unhealthy(self, timeout: float = 5.0) -> None:
+        """Wait until the track file and the snapshot both report unhealthy (the snapshot follows the file)."""
+        assert self.agent is not None
+        agent = self.agent
+        self.wait(lambda: self.health.read() == 1 and not agent.snapshot().healthy, timeout)
+
     def wait(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -176,7 +182,7 @@ def test_master_failure_reaches_track_file(make_node: Callable[..., Node]) -> No
     node.say("MASTER")
     node.wait(lambda: agent.snapshot().reason == "master: all probes pass")
     node.probes[CONTAINERS].ok = False
-    node.wait(lambda: node.health.read() == 1)
+    node.wait_unhealthy()
 
     assert node.transitions.runs == ["demote", "promote"]
     assert agent.snapshot().reason == "containers: broken"
@@ -230,7 +236,7 @@ def test_failed_promote_reports_unhealthy(make_node: Callable[..., Node]) -> Non
     node.wait(lambda: node.health.read() == 0)
 
     node.say("MASTER")
-    node.wait(lambda: node.health.read() == 1)
+    node.wait_unhealthy()
     reason = agent.snapshot().reason
     node.say("FAULT")
     node.wait(lambda: node.health.read() == 0, timeout=5)
@@ -334,7 +340,7 @@ def test_grace_period_after_failover(make_node: Callable[..., Node]) -> None:
     node.probes[CONTAINERS].ok = True
     node.wait(lambda: agent.snapshot().reason == "master: all probes pass")
     node.probes[CONTAINERS].ok = False
-    node.wait(lambda: node.health.read() == 1)
+    node.wait_unhealthy()
 
     assert in_grace == 0
     assert grace_until is not None
@@ -350,7 +356,7 @@ def test_master_without_quorum_does_not_promote(make_node: Callable[..., Node]) 
     node.probes[GALERA].ok = False
     node.probes[GALERA].quorum_lost = True
     node.say("MASTER")
-    node.wait(lambda: node.health.read() == 1)
+    node.wait_unhealthy()
 
     assert node.transitions.runs == ["demote"]
     assert agent.snapshot().vrrp_state == "MASTER"

@@ -85,6 +85,7 @@ def test_hung_probe_abandoned_at_deadline() -> None:
     assert monitor.seconds_until_due() > 0.2
     assert monitor.records[GALERA].failures == 1
     probe.release.set()
+    monitor.close(timeout=5)
 
 
 def test_hung_probe_counts_once_per_timeout() -> None:
@@ -98,6 +99,7 @@ def test_hung_probe_counts_once_per_timeout() -> None:
     assert monitor.records[GALERA].last.detail == "timed out (an earlier run still hangs)"
     assert len(probe.roles) == 1
     probe.release.set()
+    monitor.close(timeout=5)
 
 
 def test_role_change_restarts_role_probes() -> None:

@@ -125,6 +125,8 @@ class HealthMonitor:
             delay = self._workers[result.name].probe.interval
         self._next_due[result.name] = self._clock() + delay
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.5) -> None:
+        """Stop the probe workers, waiting at most `timeout` seconds in all for runs still going."""
+        deadline = self._clock() + timeout
         for worker in self._workers.values():
-            worker.close()
+            worker.close(max(0.0, deadline - self._clock()))

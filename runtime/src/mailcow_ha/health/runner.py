@@ -79,10 +79,12 @@ class ProbeWorker:
             self.probe.name, False, "timed out (an earlier run still hangs)", self._wall_clock(), self.stuck_for or 0.0
         )
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop the worker after its current run; wait up to `timeout` seconds for a run still going."""
         with self._condition:
             self._closing = True
             self._condition.notify_all()
+        self._thread.join(timeout)
 
     def _work(self) -> None:
         while True:
