@@ -91,6 +91,7 @@ def test_hung_member_fails_at_deadline(cluster: GaleraCluster) -> None:
         failing_after = time.monotonic() - started
     finally:
         node.resume()
+        monitor.close(timeout=5)
 
     assert not slow.ok
     assert "timed out" in slow.detail
@@ -121,6 +122,7 @@ def test_quorum_loss_fails_everywhere(cluster: GaleraCluster) -> None:
         time.sleep(monitor.seconds_until_due())
         monitor.run_due()
     verdict = decide_verdict(VerdictInputs(role=Role.MASTER, records=monitor.records, maintenance="on until 14:00"))
+    monitor.close(timeout=5)
 
     assert not verdict.healthy
     assert verdict.reason.startswith("galera: outside the primary component")
