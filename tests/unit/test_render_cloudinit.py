@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailcow_ha.config import parse_config
+from mailcow_ha.config import DeadlineSettings, parse_config
 from mailcow_ha.errors import ConfigError
 from mailcow_ha.render.cloudinit import USER_DATA_LIMIT, node_files, render_user_data, user_data_document
 from mailcow_ha.render.firewall import FirewallInputs, render_firewall
@@ -173,6 +173,8 @@ def test_units_parse_and_restart_agent() -> None:
     assert agent["Service"]["ExecStart"] == "/opt/mailcow-ha/venv/bin/mailcow-ha-agent"
     assert parsed["system/mailcow-ha-gc.timer"]["Timer"]["OnUnitActiveSec"] == "60"
     assert parsed["system/mailcow-ha-gc.service"]["Service"]["ExecStart"].endswith("mailcow-ha gc")
+    gc_timeout = float(parsed["system/mailcow-ha-gc.service"]["Service"]["TimeoutStartSec"])
+    assert gc_timeout > DeadlineSettings().promote
     assert parsed["mariadb.service.d/50-mailcow-ha.conf"]["Unit"]["RequiresMountsFor"] == "/var/lib/mysql"
     floating = units[next(path for path in units if path.name == "mailcow-ha-floating-ip.service")]
     assert "ExecStart=/usr/sbin/ip address replace 203.0.113.10/32 dev eth0\n" in floating

@@ -37,6 +37,7 @@ from mailcow_ha.health.monitor import HealthMonitor
 from mailcow_ha.health.runner import Probe
 from mailcow_ha.health.system import FloatingIpProbe, MountProbe
 from mailcow_ha.mailcow.galera_ops import local_member, register_galera_actions
+from mailcow_ha.mailcow.upgrade import register_upgrade_actions
 from mailcow_ha.ops import maintenance as maintenance_mode
 from mailcow_ha.ops.switchover_node import SwitchoverParticipant, locked_demote, planned_promote
 
@@ -167,6 +168,7 @@ def build_agent(
         demote_timeout = config.deadlines.containers_stop + config.deadlines.holders_term + 30.0
         participant.register(api, demote_timeout=demote_timeout)
     register_galera_actions(api, local_member(config))
+    register_upgrade_actions(api, config)
     api.register_action(
         maintenance_mode.ACTION,
         maintenance_mode.action_handler(config.paths.state_dir, config.node.name),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from mailcow_ha.config import DeadlineSettings
 from mailcow_ha.errors import ConfigError
 
 UnitSection = tuple[str, Sequence[tuple[str, str]]]
@@ -40,7 +41,9 @@ class UnitInputs:
     floating_ips: Sequence[str] = ()
     """Addresses with prefix length, as `ip address replace` takes them (203.0.113.10/32)."""
     gc_interval_seconds: int = 60
-    gc_timeout_seconds: int = 300
+    gc_timeout_seconds: int = int(DeadlineSettings().promote) + 120
+    """gc may re-run a promote to repair drift, so systemd must not stop it before the promote's
+    own deadline (`deadlines.promote`) has passed."""
 
 
 def format_unit(sections: Sequence[UnitSection]) -> str:
