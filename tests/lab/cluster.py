@@ -13,31 +13,24 @@ import json
 import logging
 import os
 import secrets
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import cloudhost
+from lab import labcloud
 from lab.cloudapi import CloudControl
 from lab.engine import build_image_tar
+from lab.labcloud import CLOUD_PORT
 from lab.labnode import RUNTIME_BIN, LabNode
 from lab.manifest import Manifest, remove_all
 from lab.node import NodeMachine
-from lab.nodeconfig import CLUSTER_NAME, STACK_NAME, LabNodePaths, LabSecrets, lab_node_config, lab_stack, stack_values
+from lab.nodeconfig import CLUSTER_NAME, LabNodePaths, LabSecrets, lab_node_config, lab_stack
 from lab.observe import (
-    AGENT_COMM,
     LabView,
-    NodeView,
     floating_ip_routes,
-    mounts_of_image,
-    now,
-    running_containers,
-    scan_processes,
 )
-from lab.provision import CloudLayout, node_documents, read_layout, run_program
+from lab.provision import CloudLayout, read_layout
 from lab.shell import LabError
 from lab.topology import CLOUD_ADDRESS, LabNetwork, NodeNetwork
 
@@ -46,8 +39,6 @@ log = logging.getLogger(__name__)
 ROOT_ENV = "MAILCOW_HA_LAB_ROOT"
 DEFAULT_ROOT = Path("/var/tmp/mailcow-ha-lab")
 DESCRIPTION_FILE = "lab.json"
-CLOUD_PORT = 80
-_TESTS_DIR = Path(__file__).resolve().parent.parent
 
 
 def lab_root() -> Path:
@@ -156,71 +147,16 @@ class Lab:
         return f"http://{CLOUD_ADDRESS}:{CLOUD_PORT}/v1"
 
     def start_cloud(self, timeout: float = 20.0) -> None:
-        """Start the fake cloud API with its hooks in the cloud namespace."""
-        cloud_dir = self.lab_dir / cloudhost.CLOUD_DIR
-        cloud_dir.mkdir(mode=0o700, exist_ok=True)
-        token_file = cloud_dir / cloudhost.TOKEN_FILE
-        token_file.write_text(self.secrets.hcloud_token + "\n", encoding="utf-8")
-        token_file.chmod(0o600)
-        argv = [
-            "ip", "netns", "exec", self.network.cloud_ns,
-            sys.executable, "-m", "lab.cloudhost",
-            "--lab-dir", str(self.lab_dir),
-            "--listen", f"{CLOUD_ADDRESS}:{CLOUD_PORT}",
-            "--router-ns", self.network.router_ns,
-            "--action-latency", str(self.options.action_latency),
-        ]  # fmt: skip
-        with open(cloud_dir / "cloud.log", "ab") as log_file:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": f"{_TESTS_DIR}:{_TESTS_DIR.parent / 'infra'}"},
-                start_new_session=True,
-            )
-        self.manifest.record_process("process", "cloud", process.pid)
-        ready = cloud_dir / cloudhost.READY_FILE
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"the fake cloud did not start; see {cloud_dir / 'cloud.log'}")
-            time.sleep(0.05)
+        """Start the fake cloud API with its hooks in the cloud namespace (see lab.labcloud)."""
+        labcloud.start_cloud(self, timeout)
 
     def provision(self) -> None:
         """Run the Pulumi program for `options.nodes` nodes and keep each node's rendered config."""
-        cloud_dir = self.lab_dir / cloudhost.CLOUD_DIR
-        result = run_program(
-            stack_name=STACK_NAME,
-            stack_values=stack_values(self.options.nodes, self.secrets),
-            subnet=str(self.stack.subnet_cidr),
-            namespace=self.network.cloud_ns,
-            host=CLOUD_ADDRESS,
-            port=CLOUD_PORT,
-            token_file=cloud_dir / cloudhost.TOKEN_FILE,
-            log_file=cloud_dir / "pulumi.log",
-        )
-        rendered = self._rendered_path()
-        previous = self.rendered_documents()
-        partial = rendered.with_suffix(".tmp")
-        partial.write_text(json.dumps({**previous, **node_documents(result)}), encoding="utf-8")
-        partial.chmod(0o600)
-        partial.replace(rendered)
-        self.layout = read_layout(self.control, CLUSTER_NAME)
-        self.save(cloud_ready=True)
-
-    def _rendered_path(self) -> Path:
-        return self.lab_dir / cloudhost.CLOUD_DIR / "node-configs.json"
+        labcloud.provision(self)
 
     def rendered_documents(self) -> dict[str, dict[str, Any]]:
         """Return each server's node config as the program rendered it into the user data."""
-        try:
-            documents: dict[str, dict[str, Any]] = json.loads(self._rendered_path().read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        return documents
-
-    # --- nodes -------------------------------------------------------------------------------
+        return labcloud.rendered_documents(self)
 
     def image_tar(self) -> Path:
         """Return the lab image's root file system tar, building it on first use."""
@@ -445,62 +381,16 @@ class Lab:
         return [address.split("/")[0] for address in self.layout.floating_ips if ":" not in address]
 
     def view(self) -> LabView:
-        """Return the lab's state now (see lab.observe); cheap enough for 10 samples a second."""
-        wall, monotonic = now()
-        namespaces = {node.index: node.machine.pid_namespace for node in self.nodes.values()}
-        table = scan_processes(namespace for namespace in namespaces.values() if namespace)
-        image = self.shared_image()
-        cache: dict[str, str | None] = {}
-        views = []
-        for index, node in sorted(self.nodes.items()):
-            namespace = namespaces[index]
-            if namespace is None:
-                views.append(NodeView(node.name, index, powered=False))
-                continue
-            own = table.by_namespace.get(namespace, [])
-            comms = {process.comm for process in own if process.state != "Z"}
-            try:
-                health: str | None = node.machine.path(node.config.paths.health_file).read_text().strip()
-            except (OSError, LabError):
-                health = None
-            views.append(
-                NodeView(
-                    node.name,
-                    index,
-                    powered=True,
-                    shared_mounts=tuple(mounts_of_image(node.machine.mountinfo(), image, cache)),
-                    containers=tuple(running_containers(own, table.live_children)),
-                    keepalived="keepalived" in comms,
-                    agent=AGENT_COMM in comms,
-                    health=health,
-                )
-            )
-        routes = floating_ip_routes(self.network.router_ns, self.floating_addresses())
-        return LabView(wall, monotonic, tuple(views), routes)
+        """Return the lab's state now (see lab.status); cheap enough for 10 samples a second."""
+        from lab.status import lab_view
+
+        return lab_view(self)
 
     def status(self) -> dict[str, Any]:
         """Return a status report: one line per node and per floating IP, and the raw view."""
-        view = self.view()
-        by_public_ip = {node.server.public_ip: node.name for node in self.nodes.values()}
-        lines = []
-        for node_view in view.nodes:
-            node = self.nodes[node_view.index]
-            database = node.database.try_status()
-            galera = (
-                "down"
-                if database is None
-                else f"{database.cluster_status}/{database.local_state}/{database.cluster_size}"
-            )
-            lines.append(
-                f"  {node_view.name:<16} {'on' if node_view.powered else 'OFF':<3} "
-                f"health={node_view.health or '-':<3} keepalived={'yes' if node_view.keepalived else 'no':<3} "
-                f"agent={'yes' if node_view.agent else 'no':<3} galera={galera:<20} "
-                f"mounted={','.join(node_view.shared_mounts) or '-'} containers={len(node_view.containers)}"
-            )
-        for address, next_hop in view.floating_ip_routes.items():
-            target = by_public_ip.get(next_hop or "", "nowhere")
-            lines.append(f"  floating IP {address} -> {next_hop or 'unreachable'} ({target})")
-        return {"lines": lines, "view": view}
+        from lab.status import lab_status
+
+        return lab_status(self)
 
     def runtime_command(self, node: LabNode, *args: str) -> list[str]:
         """Return the argv of a `mailcow-ha` command run with the node's config."""
