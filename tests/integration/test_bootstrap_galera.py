@@ -13,12 +13,15 @@ from typing import Any, cast
 import pytest
 
 from harness.galera import INSTALL_DB, MARIADBD, RUN_AS, GaleraCluster, GaleraNode, galera_available
-from harness.nodeconfig import deep_update, node_config_dict
+from harness.nodeconfig import deep_update, node_config_dict, write_node_config
+from mailcow_ha import state
+from mailcow_ha.agent.membership import Member, Membership
 from mailcow_ha.agent.statusapi import StatusApi
 from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.cli import main
 from mailcow_ha.cli.galera import serve_galera_actions
 from mailcow_ha.config import GaleraSettings, NodeConfig, parse_config
-from mailcow_ha.errors import DeadlineExceeded, Refused
+from mailcow_ha.errors import DeadlineExceeded, ExitCode, Refused
 from mailcow_ha.mailcow import dbsetup, galera_ops
 from mailcow_ha.mailcow.bootstrap import BootstrapAction, FirstBootAction
 from mailcow_ha.mailcow.positions import MemberState
@@ -304,3 +307,38 @@ def test_bootstrap_after_ordered_stop_through_status_api(galera):
         assert count_rows(node2, "before-ordered-stop") >= 3
     finally:
         agent_api.stop()
+
+
+def test_positions_from_synced_members(galera, tmp_path, capsys):
+    """Cloud-init's node config lists no peers; the members come from `peers sync`'s state file."""
+    node1, node2, node3 = galera.nodes
+    members = local_members(galera)
+    port = free_port([node.address for node in galera.nodes])
+    clients = {"127.0.0.1", *(node.address for node in galera.nodes)}
+    synced = Membership(
+        tuple(Member(node.index, node.name, node.address, 100 + node.index) for node in galera.nodes),
+        101,
+        "api",
+        time.time(),
+    )
+    document = node_config_dict(
+        cluster=galera.name,
+        node={"name": node1.name, "index": 1, "private_ip": node1.address},
+        peers=[],
+    )
+    document = deep_update(document, "status_api", {"port": port, "secret": "status-api-test-secret"})
+    document = deep_update(document, "galera.socket", str(node1.socket))
+    document = deep_update(document, "paths", {"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run")})
+    state.write_json(tmp_path / "state" / state.MEMBERS_FILE, synced.to_json())
+    config_file = write_node_config(tmp_path / "node.yaml", document)
+
+    with (
+        serve_galera_actions(config_for(galera, node2, port), members[node2.name], allowed_clients=clients),
+        serve_galera_actions(config_for(galera, node3, port), members[node3.name], allowed_clients=clients),
+    ):
+        code = main(["--config", str(config_file), "galera", "positions"])
+
+    output = capsys.readouterr().out
+    assert code == ExitCode.OK
+    for node in galera.nodes:
+        assert f"{node.name}: primary, seqno" in output

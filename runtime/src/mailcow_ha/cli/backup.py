@@ -11,6 +11,7 @@ from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ExitCode, MailcowHaError
 from mailcow_ha.mailcow import backup
+from mailcow_ha.ops.status import members_of
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,14 @@ def run_restore(args: argparse.Namespace) -> ExitCode:
 def find_master(config: NodeConfig) -> str | None:
     """Return the node whose agent reports the keepalived state MASTER, or None when no peer does."""
     client = StatusClient.from_config(config, timeout=3.0)
-    for peer in config.peers:
-        if peer.name == config.node.name:
+    for member in members_of(config):
+        if member.name == config.node.name:
             continue
         try:
-            snapshot = client.status(str(peer.private_ip), node=peer.name)
+            snapshot = client.status(member.address, node=member.name)
         except MailcowHaError as error:
-            log.warning("could not ask %s for its state: %s", peer.name, error)
+            log.warning("could not ask %s for its state: %s", member.name, error)
             continue
         if snapshot.vrrp_state == "MASTER":
-            return peer.name
+            return member.name
     return None

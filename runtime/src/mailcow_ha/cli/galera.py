@@ -17,6 +17,7 @@ from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ConfigError, ExitCode
 from mailcow_ha.mailcow import dbsetup, galera_ops
 from mailcow_ha.mailcow.bootstrap import BootstrapAction, FirstBootAction, positions_table
+from mailcow_ha.ops.status import known_members
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,12 @@ def serve_galera_actions(
     """Serve this node's Galera actions while first boot waits, because the agent starts only afterwards.
 
     When the agent already listens on the status API port, it serves them and nothing is started.
-    Calls are accepted from `allowed_clients`, by default the peers' private addresses.
+    Calls are accepted from `allowed_clients`, by default the members' private addresses.
     """
-    clients = set(allowed_clients) if allowed_clients is not None else {str(p.private_ip) for p in config.peers}
+    if allowed_clients is not None:
+        clients = set(allowed_clients)
+    else:
+        clients = {member.address for member in known_members(config)}
     started = time.time()
 
     def snapshot() -> NodeSnapshot:

@@ -15,6 +15,7 @@ from mailcow_ha.mailcow import dbcheck, override_file, upgrade
 from mailcow_ha.mailcow.backup import is_master_here
 from mailcow_ha.mailcow.galera_ops import PeerUnreachable
 from mailcow_ha.ops import maintenance
+from mailcow_ha.ops.status import known_members
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,14 @@ class _PeerActions:
     def __init__(self, config: NodeConfig, client: StatusClient) -> None:
         self.config = config
         self.client = client
-        self.addresses = {peer.name: str(peer.private_ip) for peer in config.peers}
+        self.addresses = {member.name: member.address for member in known_members(config)}
 
     def call(self, node: str, action: str, params: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         if node == self.config.node.name and action == upgrade.ACTION_RUNTIME_INSTALL:
             return upgrade.install_runtime(self.config, str(params["ref"]))
         address = self.addresses.get(node)
         if address is None:
-            raise PeerUnreachable(f"{node} is not in the node config's peers; run `mailcow-ha peers sync`")
+            raise PeerUnreachable(f"{node} is not a known cluster member; run `mailcow-ha peers sync`")
         return self.client.call(address, action, params, timeout=timeout, node=node)
 
 
@@ -92,7 +93,7 @@ def run_mailcow(args: argparse.Namespace) -> ExitCode:
         fix_database=fix_database,
         maintenance_off=lambda: _ignore(maintenance.switch_off(config.paths.state_dir)),
     )
-    standbys = [peer.name for peer in config.peers if peer.name != config.node.name]
+    standbys = [member.name for member in known_members(config) if member.name != config.node.name]
     transport = _PeerActions(config, StatusClient.from_config(config, timeout=5.0))
     commit = upgrade.upgrade_mailcow(steps, standbys, transport)
     print(f"mailcow is at {commit} on {config.node.name} and {', '.join(standbys) or 'no standby'}")
@@ -102,10 +103,9 @@ def run_mailcow(args: argparse.Namespace) -> ExitCode:
 def run_runtime(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
     client = StatusClient.from_config(config, timeout=5.0)
-    indexes = {peer.name: peer.index for peer in config.peers}
-    addresses = {peer.name: str(peer.private_ip) for peer in config.peers}
-    if not addresses:
-        raise Refused("the node config lists no peers; run `mailcow-ha peers sync` first")
+    members = known_members(config)
+    indexes = {member.name: member.index for member in members}
+    addresses = {member.name: member.address for member in members}
 
     def read_state(node: str) -> upgrade.NodeState:
         try:

@@ -30,6 +30,7 @@ from mailcow_ha.mailcow.bootstrap import (
     plan_first_boot,
 )
 from mailcow_ha.mailcow.positions import MemberPosition, MemberState
+from mailcow_ha.ops.status import known_members
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class StatusApiTransport:
     """Calls peers through their agents' status API and this node's member directly."""
 
     def __init__(self, config: NodeConfig, local: LocalMember, client: ActionClient) -> None:
-        self.addresses = {peer.name: str(peer.private_ip) for peer in config.peers}
+        self.addresses = {member.name: member.address for member in known_members(config)}
         self.local = local
         self.client = client
 
@@ -200,7 +201,7 @@ class StatusApiTransport:
             return self.local.handle(action, params)
         address = self.addresses.get(node)
         if address is None:
-            raise PeerUnreachable(f"{node} is not in the node config's peers; run `mailcow-ha peers sync`")
+            raise PeerUnreachable(f"{node} is not a known cluster member; run `mailcow-ha peers sync`")
         try:
             return self.client.call(address, action, params, timeout=timeout, node=node)
         except Refused:
@@ -234,10 +235,8 @@ class Member:
 
 
 def members_from_config(config: NodeConfig) -> list[Member]:
-    """Return every member of the cluster from the node config's peer list."""
-    if not config.peers:
-        raise Refused("the node config lists no peers; run `mailcow-ha peers sync` first")
-    return sorted((Member(peer.name, peer.index) for peer in config.peers), key=lambda member: member.index)
+    """Return every member of the cluster as the last `peers sync` stored it (or the config's peers)."""
+    return [Member(member.name, member.index) for member in known_members(config)]
 
 
 def collect_reports(

@@ -21,7 +21,7 @@ from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Deadline
-from mailcow_ha.errors import MailcowHaError
+from mailcow_ha.errors import MailcowHaError, Refused
 from mailcow_ha.failover.history import FailoverRecord
 
 if TYPE_CHECKING:
@@ -94,6 +94,22 @@ def members_of(config: NodeConfig) -> list[Member]:
     if not stored:
         return [Member(config.node.name, config.node.index, str(config.node.private_ip))]
     return sorted((Member(member.name, member.index, member.private_ip) for member in stored), key=lambda m: m.index)
+
+
+def known_members(config: NodeConfig) -> list[Member]:
+    """Return every member for commands that must reach the whole cluster, sorted by index.
+
+    The node config that cloud-init writes lists no peers, so the members come from the last
+    `mailcow-ha peers sync` (the state directory), or from the config's peers where an
+    administrator listed them. Raises Refused when neither names any member.
+    """
+    stored = load_membership(config).members
+    if not stored:
+        raise Refused(
+            f"no cluster members known on {config.node.name}: no membership is stored in "
+            f"{config.paths.state_dir} and the node config lists no peers; run `mailcow-ha peers sync` first"
+        )
+    return members_of(config)
 
 
 def fetch_snapshots(client: StatusClient, members: Sequence[Member]) -> tuple[MemberStatus, ...]:
