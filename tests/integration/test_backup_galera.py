@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import random
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.galera import GaleraCluster
+from harness.loopdev import LoopVolume, private_mount_namespace
 from harness.nodeconfig import deep_update, node_config_dict, write_node_config
 from mailcow_ha.cli import main
 from mailcow_ha.config import NodeConfig, parse_config
@@ -182,3 +184,80 @@ def test_mail_data_round_trip(galera, mailcow_db, tmp_path, master_volume):
         assert restored.stat().st_uid == 5000
     finally:
         fresh.close()
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """Make `directory` a read-only bind mount of itself, in this test's own mount namespace."""
+    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True, timeout=30)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True, timeout=30)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=False, timeout=30)
+
+
+def test_unwritable_backup_directory_rejected(galera, mailcow_db, tmp_path, capsys):
+    document = deep_update(node_config_dict(), "galera.socket", str(galera.nodes[0].socket))
+    document = deep_update(document, "mailcow", {"db_name": mailcow_db})
+    config = str(write_node_config(tmp_path / "node.yaml", document))
+    target = tmp_path / "read-only"
+    target.mkdir()
+
+    with private_mount_namespace(), read_only(target):
+        code = main(["--config", config, "backup", "--to", str(target), "--database-only"])
+
+    assert code == ExitCode.FAILED
+    assert "could not be created: Read-only file system" in capsys.readouterr().err
+    assert list(target.iterdir()) == []
+
+
+def test_full_disk_leaves_no_partial_backup(galera, mailcow_db, tmp_path):
+    config = make_config(galera.nodes[0].socket, mailcow_db, tmp_path / "not-mounted")
+    galera.nodes[0].execute(
+        f"CREATE TABLE {mailcow_db}.quarantine (id INT AUTO_INCREMENT PRIMARY KEY, msg LONGBLOB)",
+        f"INSERT INTO {mailcow_db}.quarantine (msg) VALUES (REPEAT(SHA2(RAND(), 512), 4096))",
+    )
+    volume = LoopVolume.create(size_mb=8, mmp=False, parent=tmp_path)
+    try:
+        with private_mount_namespace():
+            disk = tmp_path / "small-disk"
+            disk.mkdir()
+            subprocess.run(["mount", str(volume.device), str(disk)], check=True, timeout=30)
+            try:
+                (disk / "backups").mkdir()
+                fill_until_kib_left(disk / "filler", 256)
+
+                with pytest.raises(backup.BackupError) as failed:
+                    backup.run_backup(config, disk / "backups", mail=False)
+
+                leftovers = list((disk / "backups").iterdir())
+            finally:
+                subprocess.run(["umount", str(disk)], check=False, timeout=30)
+    finally:
+        volume.close()
+
+    assert "errno 28" in str(failed.value)
+    assert "was removed" in str(failed.value)
+    assert leftovers == []
+
+
+def fill_until_kib_left(path: Path, kib: int) -> None:
+    free = os.statvfs(path.parent)
+    size = free.f_bavail * free.f_frsize - kib * 1024
+    with path.open("wb") as stream:
+        stream.truncate(0)
+        os.posix_fallocate(stream.fileno(), 0, size)
+
+
+def test_restore_from_read_only_backup(galera, mailcow_db, tmp_path):
+    config = make_config(galera.nodes[0].socket, mailcow_db, tmp_path / "not-mounted")
+    result = backup.run_backup(config, tmp_path / "backups", mail=False)
+    galera.nodes[0].execute(f"DELETE FROM {mailcow_db}.mailbox WHERE username = 'bob@example.org'")
+
+    with private_mount_namespace(), read_only(result.directory):
+        backup.restore_database(config, result.directory)
+
+    rows = galera.nodes[1].execute(f"SELECT username FROM {mailcow_db}.mailbox ORDER BY username")
+    assert rows == [("alice@example.org",), ("bob@example.org",)]
+    assert sorted(path.name for path in result.directory.iterdir()) == [backup.DATABASE_FILE, backup.MANIFEST_FILE]

@@ -10,6 +10,7 @@ a tar archive and a manifest of SHA-256 sums, all readable by root only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -18,6 +19,8 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,12 +69,16 @@ def is_master_here(config: NodeConfig) -> tuple[bool, str]:
 
 def new_backup_directory(parent: Path, now: datetime.datetime) -> Path:
     """Create `<parent>/mailcow-ha-<UTC timestamp>/` with mode 0700."""
-    parent.mkdir(parents=True, exist_ok=True)
     directory = parent / f"mailcow-ha-{now.strftime('%Y%m%dT%H%M%SZ')}"
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         directory.mkdir(mode=0o700)
     except FileExistsError:
         raise BackupError(f"{directory} already exists; wait a second or choose another --to") from None
+    except OSError as error:
+        raise BackupError(
+            f"backup directory {directory} could not be created: {error.strerror}; choose a writable --to"
+        ) from None
     return directory
 
 
@@ -167,6 +174,27 @@ def run_backup(
             )
     timestamp = now or datetime.datetime.now(datetime.UTC)
     directory = new_backup_directory(parent, timestamp)
+    try:
+        files = _write_backup(config, directory, timestamp, database=database, mail=mail)
+    except BaseException as error:
+        # A backup without its manifest cannot be restored, so nothing of a failed one is kept.
+        shutil.rmtree(directory, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise BackupError(
+                f"writing the backup to {directory} failed: {error.strerror}; free space there or choose another "
+                "--to (the incomplete backup was removed)"
+            ) from None
+        if isinstance(error, BackupError):
+            raise BackupError(f"{error} (the incomplete backup {directory} was removed)") from None
+        raise
+    log.info("backup written to %s (%s)", directory, ", ".join(sorted(files)))
+    return BackupResult(directory, files)
+
+
+def _write_backup(
+    config: NodeConfig, directory: Path, timestamp: datetime.datetime, *, database: bool, mail: bool
+) -> dict[str, str]:
+    """Write the dump, the archive and last the manifest into `directory`; return the files' SHA-256."""
     files: dict[str, str] = {}
     if database:
         files[DATABASE_FILE] = dump_database(config, directory / DATABASE_FILE)
@@ -183,8 +211,9 @@ def run_backup(
     }
     with _private_file(directory / MANIFEST_FILE) as stream:
         stream.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n")
-    log.info("backup written to %s (%s)", directory, ", ".join(sorted(files)))
-    return BackupResult(directory, files)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return files
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -211,16 +240,58 @@ def restore_database(config: NodeConfig, directory: Path, *, timeout: float = DU
         raise BackupError(f"{directory} contains no database dump")
     command = ["mariadb", f"--socket={config.galera.socket}", "--user=root", "--binary-mode"]
     log.info("restoring the database from %s", directory / DATABASE_FILE)
-    plain = directory / f".{DATABASE_FILE}.restore"
-    try:
-        with gzip.open(directory / DATABASE_FILE, "rb") as packed, _private_file(plain) as stream:
-            shutil.copyfileobj(packed, stream, CHUNK)
-        with plain.open("rb") as dump:
-            stderr = _run(command, timeout, "mariadb", stdin=dump)
-    finally:
-        plain.unlink(missing_ok=True)
+    stderr = _load_dump(command, directory / DATABASE_FILE, timeout)
     if stderr is not None:
         raise BackupError(f"loading {directory / DATABASE_FILE} failed: {stderr}")
+
+
+def _load_dump(command: list[str], dump: Path, timeout: float) -> str | None:
+    """Decompress `dump` straight into the client's stdin; return None on success, else the error.
+
+    Nothing is written next to the backup, so a read-only backup medium works and an interrupted
+    restore leaves no file behind.
+    """
+    feed_error: list[str] = []
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        except FileNotFoundError:
+            raise BackupError(f"{command[0]} not found; install mariadb-client") from None
+        feeder = threading.Thread(target=_feed, args=(dump, process, feed_error), name="restore-feed", daemon=True)
+        feeder.start()
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise BackupError(f"{command[0]} timed out after {timeout:.0f} s") from None
+        finally:
+            feeder.join()
+        errors.seek(0)
+        message = " | ".join(errors.read().decode("utf-8", "replace").strip().splitlines()[-3:])
+    if feed_error:
+        return feed_error[0]
+    if returncode != 0:
+        return message or f"exit status {returncode}"
+    return None
+
+
+def _feed(dump: Path, process: subprocess.Popen[bytes], error: list[str]) -> None:
+    stdin = process.stdin
+    if stdin is None:
+        return
+    try:
+        with gzip.open(dump, "rb") as packed:
+            shutil.copyfileobj(packed, stdin, CHUNK)
+    except BrokenPipeError:
+        # The client exited early; its exit status and stderr say why.
+        pass
+    except (OSError, EOFError) as problem:
+        error.append(f"{dump} could not be decompressed ({problem}); the backup is damaged")
+        process.kill()
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
 
 
 def restore_mail_data(config: NodeConfig, directory: Path, *, timeout: float = DUMP_TIMEOUT) -> None:
