@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -15,7 +16,7 @@ from pydantic import SecretStr
 from harness.alertreceiver import AlertReceiver
 from mailcow_ha.adapters.alerts import AppriseAlerter
 from mailcow_ha.alert_events import AlertEvent
-from mailcow_ha.alert_ratelimit import AlertCounters, read_alert_counters
+from mailcow_ha.alert_ratelimit import ALERTS_STATE_FILE, AlertCounters, read_alert_counters
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +189,54 @@ def test_invalid_url_is_reported_by_index(tmp_path, receiver, caplog):
     assert "alert URL #1 (nosuchscheme://) is not a valid Apprise URL" in caplog.text
     assert "secret-value-77" not in caplog.text
     assert len(receiver.wait_for(1, timeout=5)) == 1
+
+
+def test_hung_receiver_costs_one_timeout_per_pass(tmp_path, receiver):
+    receiver.set_delay(30.0)
+    alerter = alerter_for(tmp_path, [receiver.json_url()], timeout=0.5, retry_delays=(1.0,))
+    started = time.monotonic()
+
+    for number in range(20):
+        alerter.send(AlertEvent.DRIFT, f"floating IP {200 + number} routed elsewhere", {"subject": f"fip {number}"})
+    flushed = alerter.flush(5)
+    flush_time = time.monotonic() - started
+    receiver.set_delay(0.0)
+    delivered = receiver.wait_for(20, timeout=10)
+
+    assert flushed
+    assert flush_time < 3.0
+    assert len({alert.title for alert in delivered}) == 1
+    assert len({alert.message.partition("\n")[0] for alert in delivered}) == 20
+    alerter.close()
+
+
+def test_encoded_url_secrets_never_reach_logs(tmp_path, receiver, caplog):
+    url = f"json://127.0.0.1:{receiver.port}/hooks/A%2FB%2BPathSecret77?-token=Query%2BSecret%2688"
+    receiver.fail_next(1, status=500)
+
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("urllib3").setLevel(logging.DEBUG)
+        alerter = alerter_for(tmp_path, [url], retry_delays=(0.1,))
+        alerter.send(AlertEvent.FAILOVER_FAILED, "assign of floating IP 201 failed")
+        assert alerter.flush(5)
+        receiver.wait_for(1, timeout=5)
+        time.sleep(0.3)
+        alerter.close()
+
+    assert "POST" in caplog.text
+    assert "PathSecret77" not in caplog.text
+    assert "Secret%2688" not in caplog.text
+    assert "Query" not in caplog.text
+
+
+def test_damaged_rate_limit_state_does_not_silence(tmp_path, receiver):
+    entry = {"event": "drift", "last_sent": time.time() - 5000, "suppressed": 3, "first_suppressed": "yesterday"}
+    document = {"version": 1, "entries": {"drift": entry}, "counters": {"sent": 4}}
+    (tmp_path / ALERTS_STATE_FILE).write_text(json.dumps(document))
+    alerter = alerter_for(tmp_path, [receiver.json_url()])
+
+    alerter.send(AlertEvent.QUORUM_LOST, "galera: non-Primary on every node")
+
+    titles = sorted(alert.title for alert in receiver.wait_for(2, timeout=5))
+    assert titles == ["mailcow-ha prod: quorum-lost on node-b", "mailcow-ha prod: state-corrupt on node-b"]
+    alerter.close()

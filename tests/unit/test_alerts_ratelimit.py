@@ -180,3 +180,42 @@ def test_store_write_failure_raises_state_error(tmp_path):
 
     with pytest.raises((StateError, OSError)), store.locked():
         pass
+
+
+GOOD_ENTRY = {"event": "drift", "last_sent": 10.0, "suppressed": 2, "first_suppressed": 11.0, "last_reason": "r"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("first_suppressed", "yesterday"),
+        ("first_suppressed", 1e300),
+        ("last_sent", float("nan")),
+        ("last_sent", -5),
+        ("last_sent", True),
+        ("suppressed", -1),
+        ("suppressed", 2.5),
+        ("last_reason", 42),
+    ],
+)
+def test_damaged_entry_moved_aside(tmp_path, field, value):
+    document = {"version": 1, "entries": {"drift": {**GOOD_ENTRY, field: value}}, "counters": {}}
+    (tmp_path / ALERTS_STATE_FILE).write_text(json.dumps(document))
+    store = AlertStateStore(tmp_path)
+
+    with store.locked() as alert_state:
+        assert alert_state.entries == {}
+
+    assert store.problem is not None
+    assert "unexpected shape" in store.problem
+
+
+def test_negative_counter_moved_aside(tmp_path):
+    document = {"version": 1, "entries": {"drift": GOOD_ENTRY}, "counters": {"sent": -3}}
+    (tmp_path / ALERTS_STATE_FILE).write_text(json.dumps(document))
+    store = AlertStateStore(tmp_path)
+
+    with store.locked() as alert_state:
+        assert alert_state.counters.sent == 0
+
+    assert store.problem is not None

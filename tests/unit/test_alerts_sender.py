@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -301,4 +302,57 @@ def test_apprise_debug_records_are_dropped(tmp_path):
     alerter = make_alerter(tmp_path, Recorder())
 
     assert logging.getLogger("apprise").getEffectiveLevel() == logging.WARNING
+    alerter.close()
+
+
+def test_damaged_entry_does_not_silence_alerts(tmp_path):
+    entry = {"event": "drift", "last_sent": time.time() - 5000, "suppressed": 3, "first_suppressed": "yesterday"}
+    document = {"version": 1, "entries": {"drift": entry}, "counters": {}}
+    (tmp_path / ALERTS_STATE_FILE).write_text(json.dumps(document))
+    recorder = Recorder()
+    alerter = make_alerter(tmp_path, recorder)
+
+    alerter.send(AlertEvent.FAILOVER_FAILED, "attach of volume 301 failed")
+    assert wait_until(lambda: len(recorder.messages) == 2)
+    alerter.send(AlertEvent.BREAKER_TRIPPED, "second failover within 3600 s")
+    assert wait_until(lambda: len(recorder.messages) == 3)
+
+    titles = recorder.titles()
+    assert "mailcow-ha prod: failover-failed on node-a" in titles
+    assert "mailcow-ha prod: state-corrupt on node-a" in titles
+    assert titles[-1] == "mailcow-ha prod: breaker-tripped on node-a"
+    alerter.close()
+
+
+def test_failing_rate_limit_still_sends(tmp_path, monkeypatch, caplog):
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a bug in the rate limit")
+
+    monkeypatch.setattr("mailcow_ha.adapters.alerts.decide_rate", broken)
+    recorder = Recorder()
+    alerter = make_alerter(tmp_path, recorder)
+
+    alerter.send(AlertEvent.QUORUM_LOST, "galera: non-Primary on every node")
+
+    assert wait_until(lambda: len(recorder.messages) == 1)
+    assert recorder.titles() == ["mailcow-ha prod: quorum-lost on node-a"]
+    assert "sending 1 alert(s) without it" in caplog.text
+    alerter.close()
+
+
+def test_failing_digest_does_not_spin(tmp_path, monkeypatch, caplog):
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a bug in the digest")
+
+    monkeypatch.setattr("mailcow_ha.adapters.alerts.format_digest", broken)
+    recorder = Recorder()
+    alerter = make_alerter(tmp_path, recorder, repeat_interval=0.2)
+    alerter.send(AlertEvent.DRIFT, "volume elsewhere")
+    alerter.send(AlertEvent.DRIFT, "volume elsewhere")
+    assert alerter.flush(5)
+
+    time.sleep(1.0)
+
+    failures = [record for record in caplog.records if "rate limit failed" in record.getMessage()]
+    assert 1 <= len(failures) <= 6
     alerter.close()

@@ -32,6 +32,8 @@ the resource that drifted. Alerts of one event with different subjects are limit
 _STATE_VERSION = 1
 _LOCK_TIMEOUT = 2.0
 _ENTRY_RETENTION = 7 * 86400.0
+_LATEST_TIME = 253402300799.0
+"""9999-12-31T23:59:59Z, the last second datetime can represent."""
 
 
 class RateAction(enum.StrEnum):
@@ -134,20 +136,38 @@ class AlertState:
     counters: AlertCounters = field(default_factory=AlertCounters)
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _unix_time(value: Any) -> bool:
+    """Whether `value` is a Unix time that datetime can format (JSON allows NaN and 1e308 too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 <= value <= _LATEST_TIME
+
+
+def _valid_entry(item: Any) -> bool:
+    if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+        return False
+    if not _unix_time(item.get("last_sent")) or not _count(item.get("suppressed", 0)):
+        return False
+    first_suppressed = item.get("first_suppressed")
+    if first_suppressed is not None and not _unix_time(first_suppressed):
+        return False
+    return isinstance(item.get("last_reason", ""), str)
+
+
 def valid_state(value: Any) -> bool:
+    """Check every field the sender reads, so a damaged file is moved aside instead of failing each send."""
     if not isinstance(value, dict) or value.get("version") != _STATE_VERSION:
         return False
     entries, counters = value.get("entries"), value.get("counters")
     if not isinstance(entries, dict) or not isinstance(counters, dict):
         return False
-    for item in entries.values():
-        if not isinstance(item, dict):
-            return False
-        if not isinstance(item.get("event"), str) or not isinstance(item.get("last_sent"), int | float):
-            return False
-        if not isinstance(item.get("suppressed", 0), int):
-            return False
-    return all(isinstance(number, int) for number in counters.values())
+    if not all(_valid_entry(item) for item in entries.values()):
+        return False
+    return all(_count(number) for number in counters.values())
 
 
 def decode_state(value: dict[str, Any]) -> AlertState:

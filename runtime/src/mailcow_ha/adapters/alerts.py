@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -53,6 +54,7 @@ __all__ = ["ALERTS_STATE_FILE", "SUBJECT_DETAIL", "AppriseAlerter", "Deliver", "
 log = logging.getLogger(__name__)
 
 _MIN_FRAGMENT = 4
+_ALNUM_RUN = re.compile(rf"[A-Za-z0-9]{{{_MIN_FRAGMENT},}}")
 _WAKEUP_CAP = 30.0
 
 
@@ -95,11 +97,16 @@ def secret_fragments(url: str) -> set[str]:
     try:
         parts = urlsplit(url)
         candidates = [parts.netloc, parts.username or "", parts.password or "", parts.hostname or "", parts.fragment]
-        candidates += [segment for segment in parts.path.split("/") if segment]
+        segments = [segment for segment in parts.path.split("/") if segment]
+        candidates += segments + [unquote(segment) for segment in segments]
         candidates += [value for _, value in parse_qsl(parts.query, keep_blank_values=False)]
+        candidates += [pair.partition("=")[2] for pair in parts.query.split("&")]
     except ValueError:
         candidates = []
-    fragments.update(candidate for candidate in candidates if len(candidate) >= _MIN_FRAGMENT)
+    # Libraries log URLs encoded differently (urllib3 logs `%2F` where the config has `/`), but
+    # letters and digits survive any encoding, so their runs are masked too.
+    runs = [run for candidate in candidates for run in _ALNUM_RUN.findall(unquote(candidate))]
+    fragments.update(candidate for candidate in [*candidates, *runs] if len(candidate) >= _MIN_FRAGMENT)
     return fragments
 
 
@@ -339,12 +346,23 @@ class AppriseAlerter:
         digest_due_now = self._next_digest is not None and self._next_digest <= now
         outgoing: list[Message] = []
         if batch or digest_due_now or self._dropped_unsaved:
-            outgoing = self._decide(batch, now)
+            try:
+                outgoing = self._decide(batch, now)
+            except Exception:
+                # The rate limit must never swallow an alert: without it, the batch goes out as it is.
+                log.exception("alert rate limit failed; sending %d alert(s) without it", len(batch))
+                outgoing = [self._unlimited(item) for item in batch]
+                # Without this, a digest that cannot be built would wake the thread again at once.
+                self._next_digest = now + self.repeat_interval
         elif not self._retries:
             self._refresh_digest_schedule()
 
-        outcomes = [self._deliver_everywhere(message, list(range(self._url_count))) for message in outgoing]
-        outcomes += self._run_due_retries(now)
+        # A URL that fails once in this pass is not tried again until the next one, so a receiver
+        # that hangs costs one timeout per pass instead of one per message.
+        failing: set[int] = set()
+        everywhere = list(range(self._url_count))
+        outcomes = [self._deliver_everywhere(message, everywhere, failing) for message in outgoing]
+        outcomes += self._run_due_retries(now, failing)
         self._count_outcomes(outcomes)
 
     def _decide(self, batch: list[_Queued], now: float) -> list[Message]:
@@ -389,6 +407,9 @@ class AppriseAlerter:
             suppressed_since=decision.suppressed_since,
         )
 
+    def _unlimited(self, item: _Queued) -> Message:
+        return format_alert(self.cluster, self.node, item.event, item.reason, details=item.details, now=item.at)
+
     def _take_due_digests(self, alert_state: AlertState, now: float) -> list[Message]:
         digests = []
         for key, entry in alert_state.entries.items():
@@ -400,9 +421,15 @@ class AppriseAlerter:
                 alert_state.entries[key] = RateEntry(entry.event, now, last_reason=entry.last_reason)
         return digests
 
-    def _deliver_everywhere(self, message: Message, url_indexes: list[int], attempt: int = 1) -> tuple[int, int]:
+    def _deliver_everywhere(
+        self, message: Message, url_indexes: list[int], failing: set[int], attempt: int = 1
+    ) -> tuple[int, int]:
+        """Deliver to each URL that has not failed in this pass; the others count as failed attempts."""
         failed_urls = []
         for index in url_indexes:
+            if index in failing:
+                failed_urls.append(index)
+                continue
             try:
                 accepted = self._deliver(index, message)
             except Exception as error:
@@ -411,6 +438,7 @@ class AppriseAlerter:
                 accepted = False
             if not accepted:
                 failed_urls.append(index)
+                failing.add(index)
         if failed_urls:
             self._schedule_retry(message, failed_urls, attempt)
         return len(url_indexes) - len(failed_urls), len(failed_urls)
@@ -424,10 +452,10 @@ class AppriseAlerter:
         log.warning("alert %s not delivered to URL %s; retrying in %.1f s", message.key, schemes, delay)
         self._retries.append(_Retry(message, self._clock() + delay, attempt + 1, failed_urls))
 
-    def _run_due_retries(self, now: float) -> list[tuple[int, int]]:
+    def _run_due_retries(self, now: float, failing: set[int]) -> list[tuple[int, int]]:
         due = [retry for retry in self._retries if retry.due <= now]
         self._retries = [retry for retry in self._retries if retry.due > now]
-        return [self._deliver_everywhere(retry.message, retry.urls, retry.attempt) for retry in due]
+        return [self._deliver_everywhere(retry.message, retry.urls, failing, retry.attempt) for retry in due]
 
     def _count_outcomes(self, outcomes: list[tuple[int, int]]) -> None:
         sent = sum(accepted for accepted, _ in outcomes)
