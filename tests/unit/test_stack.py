@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,22 @@ VALID: dict[str, Any] = {
     "hcloudToken": TOKEN,
 }
 SECRETS = {"hcloudToken", "alertUrls", "galeraPassword", "statusApiSecret"}
+
+
+def ssh_field(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def ssh_key(key_type: str, *fields: bytes, comment: str = "admin@example.org") -> str:
+    """Build a public key line in OpenSSH's format from its type and the fields after the type name."""
+    blob = ssh_field(key_type.encode()) + b"".join(ssh_field(item) for item in fields)
+    return f"{key_type} {base64.b64encode(blob).decode()} {comment}"
+
+
+ED25519 = ssh_key("ssh-ed25519", bytes(range(32)))
+RSA = ssh_key("ssh-rsa", b"\x01\x00\x01", b"\x00" + bytes(range(1, 200)))
+ECDSA = ssh_key("ecdsa-sha2-nistp256", b"nistp256", b"\x04" + bytes(64))
+SK_ECDSA = ssh_key("sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", b"\x04" + bytes(64), b"ssh:")
 
 
 def parse(**overrides: Any) -> Any:
@@ -53,7 +72,7 @@ def test_pulumi_strings_are_converted() -> None:
 
 
 def test_alert_urls_split_and_hidden() -> None:
-    stack = parse(alertUrls="mailtos://a:secret-one@example.org, tgram://bot-secret/123")
+    stack = parse(alertUrls="mailtos://a:secret-one@example.org, tgram://123456789:bot-secret/987654")
 
     assert len(stack.alert_urls) == 2
     assert "secret-one" not in repr(stack)
@@ -74,28 +93,46 @@ def test_alert_urls_split_and_hidden() -> None:
         ("networkCidr", "10.0.0.0/33", "IPv4 network"),
         ("networkCidr", "8.8.0.0/16", "private range"),
         ("networkCidr", "172.16.0.0/12", "Docker's default bridge"),
+        ("networkCidr", "10.0.0.0/25", "/24 or larger"),
+        ("nodeCount", "\uff15", "expected an integer"),
         ("subnetCidr", "10.1.0.0/24", "inside networkCidr"),
         ("subnetCidr", "10.0.1.0/28", "at least 21 addresses"),
         ("sshAllowedCidrs", ["198.51.100.0/33"], "expected a network"),
         ("sshAllowedCidrs", "not json", "expected a list"),
         ("adminSshKeys", ["not a key"], "OpenSSH public key"),
+        ("adminSshKeys", [ED25519[:60]], "not a complete ssh-ed25519 key"),
+        ("adminSshKeys", [ED25519.replace("ssh-ed25519", "ssh-rsa", 1)], "not a complete ssh-rsa key"),
+        ("adminSshKeys", [ED25519.replace("AAAA", "AA!A", 1)], "not valid base64"),
+        ("adminSshKeys", [f'from="10.0.0.1" {ED25519}'], "without authorized_keys options"),
+        ("adminSshKeys", [ED25519 + "\nssh-rsa AAAA"], "one line"),
+        ("adminSshKeys", [ED25519, ED25519.replace("admin@", "other@")], "key number 2 repeats key number 1"),
         ("sharedVolumeSize", 5, "10..10240 GB"),
         ("dbVolumeSize", 20000, "10..10240 GB"),
         ("mailHostname", "localhost", "fully qualified host name"),
         ("mailHostname", "mail_server.example.org", "fully qualified host name"),
         ("mailHostname", "", "missing"),
+        ("mailHostname", "192.0.2.25", "fully qualified host name"),
+        ("mailHostname", "mail.b\u00fccher.example", "xn-- form"),
+        ("mailHostname", "mail..example.org", "fully qualified host name"),
         ("floatingIpv6", "maybe", "expected true or false"),
         ("breakerWindow", 10, "60..86400"),
         ("advertInterval", 0, "1..10"),
         ("advertInterval", 11, "1..10"),
         ("virtualRouterId", 256, "1..255"),
         ("privateInterface", "an-interface-name-too-long", "interface name"),
+        ("publicInterface", "..", "interface name"),
         ("mailcowRef", "master", "a branch moves"),
         ("runtimeRef", "v1.0", "full commit id"),
         ("runtimeRepository", "ftp://example.org/x", "https://"),
+        ("runtimeRepository", "https://deploy:glpat-token@git.example.org/x.git", "without a user name or password"),
+        ("runtimeRepository", "ssh://git@git.example.org/x.git", "no SSH key"),
+        ("runtimeRepository", "git@github.com:example/mailcow-ha.git", "no SSH key"),
         ("clusterName", "Mail_Cluster", "lower-case"),
         ("hcloudToken", "", "missing"),
         ("alertUrls", "not-a-url", "URL number 1"),
+        ("alertUrls", "mailtos://a:b@example.org nosuchservice://token@host", "URL number 2"),
+        ("alertUrls", "https://example.org/webhook", "Apprise cannot send to this https:// URL"),
+        ("alertUrls", "tgram://bot-token-without-chat", "Apprise cannot send to this tgram:// URL"),
         ("galeraPassword", "short", "at least 16 characters"),
         ("nodeCuont", 3, "unknown key"),
     ],
@@ -107,6 +144,55 @@ def test_invalid_value_names_key(key: str, value: Any, rule: str) -> None:
     message = str(raised.value)
     assert f"mailcow-ha:{key}:" in message
     assert rule in message
+
+
+@pytest.mark.parametrize("key", [ED25519, RSA, ECDSA, SK_ECDSA])
+def test_ssh_key_types_accepted(key: str) -> None:
+    assert parse(adminSshKeys=[key]).admin_ssh_keys == (key,)
+
+
+def test_alert_url_comma_kept_inside_url() -> None:
+    """A comma that separates recipients stays in its URL; one before a new scheme separates URLs."""
+    recipients = "mailtos://user:pass@smtp.example.net?to=ops@example.net,boss@example.net"
+
+    stack = parse(alertUrls=f"{recipients},json://hooks.example.net/mailcow")
+
+    assert [url.get_secret_value() for url in stack.alert_urls] == [recipients, "json://hooks.example.net/mailcow"]
+
+
+def test_rejected_alert_url_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Apprise logs a URL it cannot parse in full; the check keeps that out of every log."""
+    with pytest.raises(ConfigError) as raised:
+        parse(alertUrls="tgram://bot-secret-token/")
+
+    assert "bot-secret-token" not in str(raised.value)
+    assert "bot-secret-token" not in caplog.text
+
+
+@pytest.mark.parametrize("stack_name", ["Prod_EU", "staging.eu", "x" * 60])
+def test_derived_cluster_name_checked(stack_name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_stack(VALID, SECRETS, stack=stack_name)
+
+    assert "mailcow-ha:clusterName: unset, so the cluster name is derived" in str(raised.value)
+
+
+def test_explicit_cluster_name_allows_any_stack() -> None:
+    assert parse_stack({**VALID, "clusterName": "mail-eu"}, SECRETS, stack="Prod_EU").cluster_name == "mail-eu"
+
+
+def test_hostname_normalised() -> None:
+    assert parse(mailHostname="MAIL.Example.ORG.").mail_hostname == "mail.example.org"
+    assert parse(mailHostname="mail.example.xn--p1ai").mail_hostname == "mail.example.xn--p1ai"
+
+
+@pytest.mark.parametrize(("key", "value"), [("mailHostname", "mail.example.org"), ("nodeCount", "5")])
+def test_plain_key_set_as_secret_rejected(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_stack({**VALID, key: value}, SECRETS | {key}, stack="prod")
+
+    assert f"mailcow-ha:{key}: set as a secret, but it is not one" in str(raised.value)
+    assert value not in str(raised.value)
 
 
 def test_invalid_value_shown_unless_secret() -> None:
@@ -201,3 +287,59 @@ def test_runtime_ref_resolved_from_git(tmp_path: Path) -> None:
 def test_runtime_ref_outside_git_fails(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set runtimeRef explicitly"):
         resolve_runtime_ref(parse(runtimeRef=""), tmp_path, allow_dirty=True)
+
+
+def documented_config_commands() -> list[list[str]]:
+    """Return the arguments of every `pulumi config set` the README and the example stack show."""
+    lines = (REPOSITORY / "README.md").read_text(encoding="utf-8").splitlines()
+    lines += [line.lstrip("# ") for line in (REPOSITORY / "Pulumi.prod.yaml").read_text(encoding="utf-8").splitlines()]
+    commands = []
+    for line in lines:
+        if line.startswith("pulumi config set "):
+            command = line.split(" #", 1)[0].replace('"$(cat ~/.ssh/id_ed25519.pub)"', shlex.quote(ED25519))
+            commands.append(shlex.split(command)[3:])
+    return commands
+
+
+def apply_config_commands(commands: list[list[str]]) -> tuple[dict[str, Any], set[str], set[str]]:
+    """Apply `pulumi config set` arguments as Pulumi stores them; return values, secret keys, other namespaces."""
+    values: dict[str, Any] = {}
+    secrets: set[str] = set()
+    namespaces: set[str] = set()
+    for arguments in commands:
+        secret = "--secret" in arguments
+        path = "--path" in arguments
+        positional = [argument for argument in arguments if not argument.startswith("--")]
+        full_key = positional[0]
+        value = positional[1] if len(positional) > 1 else "value-typed-at-the-prompt"
+        namespace, _, key = full_key.partition(":")
+        if namespace != "mailcow-ha":
+            namespaces.add(namespace)
+            continue
+        if path:
+            match = re.fullmatch(r"(\w+)\[(\d+)\]", key)
+            assert match, full_key
+            key = match.group(1)
+            items = values.setdefault(key, [])
+            assert int(match.group(2)) == len(items), full_key
+            items.append(value)
+        else:
+            values[key] = value
+        if secret:
+            secrets.add(key)
+    return values, secrets, namespaces
+
+
+def test_documented_commands_make_valid_stack() -> None:
+    """The README's `pulumi config set` commands, run as written, name real keys and give a valid stack."""
+    commands = documented_config_commands()
+    values, secrets, namespaces = apply_config_commands(commands)
+
+    assert len(commands) >= 7
+    assert set(values) <= set(KEYS_BY_NAME)
+    assert namespaces == {"hcloud"}
+    assert secrets == {"hcloudToken", "alertUrls"}
+    stack = parse_stack(values, secrets, stack="prod")
+    assert stack.admin_ssh_keys == (ED25519,)
+    assert [str(cidr) for cidr in stack.ssh_allowed_cidrs] == ["198.51.100.0/24"]
+    assert len(stack.alert_urls) == 1

@@ -219,7 +219,7 @@ def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str
     subnet = reader.text("subnetCidr", rules.check_cidr_syntax)
     config_values: dict[str, Any] = {
         "stack": stack,
-        "cluster_name": reader.text("clusterName", rules.check_cluster_name) or f"mailcow-{stack}",
+        "cluster_name": reader.text("clusterName", rules.check_cluster_name) or _derived_cluster_name(stack, problems),
         "node_count": node_count,
         "location": location,
         "server_type": reader.text(
@@ -230,9 +230,7 @@ def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str
         ),
         "network_cidr": network,
         "subnet_cidr": subnet,
-        "admin_ssh_keys": tuple(
-            reader.array("adminSshKeys", rules.matches(rules.SSH_KEY, "an OpenSSH public key line"))
-        ),
+        "admin_ssh_keys": tuple(reader.array("adminSshKeys", rules.check_ssh_key)),
         "ssh_allowed_cidrs": tuple(reader.array("sshAllowedCidrs", rules.check_any_cidr)),
         "shared_volume_size": reader.integer("sharedVolumeSize", rules.check_volume_size),
         "db_volume_size": reader.integer("dbVolumeSize", rules.check_volume_size),
@@ -248,9 +246,7 @@ def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str
             "publicInterface", rules.matches(rules.INTERFACE, "an interface name of 1..15 characters")
         ),
         "mailcow_ref": reader.text("mailcowRef", rules.check_mailcow_ref),
-        "runtime_repository": reader.text(
-            "runtimeRepository", rules.matches(rules.REPOSITORY, "an https://, ssh:// or git@ URL")
-        ),
+        "runtime_repository": reader.text("runtimeRepository", rules.check_repository),
         "runtime_ref": reader.text("runtimeRef", rules.check_runtime_ref),
         "hcloud_token": reader.secret("hcloudToken", rules.check_token),
         "alert_urls": tuple(reader.secret_list("alertUrls", rules.check_alert_url)),
@@ -260,12 +256,43 @@ def parse_stack(values: Mapping[str, Any], secret_keys: frozenset[str] | set[str
     if isinstance(network, ipaddress.IPv4Network) and isinstance(subnet, ipaddress.IPv4Network):
         for rule in rules.subnet_problems(network, subnet):
             problems.append(f"{PROJECT}:subnetCidr: invalid value '{subnet}'; {rule}")
+    problems.extend(_duplicate_key_problems(config_values["admin_ssh_keys"]))
 
     if problems:
         lines = [f"stack {stack!r} config is invalid ({len(problems)} problem(s)); fix these keys:"]
         lines.extend(f"  {problem}" for problem in problems)
         raise ConfigError("\n".join(lines))
     return StackConfig(**config_values)
+
+
+def _derived_cluster_name(stack: str, problems: list[str]) -> str:
+    """Return mailcow-<stack>, the cluster name when clusterName is unset, noting a problem if it is invalid."""
+    name = f"mailcow-{stack}"
+    try:
+        rules.check_cluster_name(name)
+    except ValueError as error:
+        problems.append(
+            f"{PROJECT}:clusterName: unset, so the cluster name is derived from stack {stack!r} as {name!r}, "
+            f"which is invalid ({error}); set clusterName explicitly"
+        )
+    return name
+
+
+def _duplicate_key_problems(keys: tuple[Any, ...]) -> list[str]:
+    """Hetzner rejects a second SSH key with the same fingerprint, so each key may appear once."""
+    problems = []
+    seen: dict[str, int] = {}
+    for position, key in enumerate(keys, start=1):
+        if not isinstance(key, str):
+            continue
+        identity = rules.ssh_key_identity(key)
+        if identity in seen:
+            problems.append(
+                f"{PROJECT}:adminSshKeys: key number {position} repeats key number {seen[identity]} "
+                "(comments aside); Hetzner keeps one copy of a key per project, so list it once"
+            )
+        seen.setdefault(identity, position)
+    return problems
 
 
 class _Reader:
@@ -279,6 +306,12 @@ class _Reader:
     def _raw(self, key: str) -> Any:
         spec = KEYS_BY_NAME[key]
         value = self.values.get(key)
+        if key in self.secret_keys and value is not None:
+            self.problems.append(
+                f"{PROJECT}:{key}: set as a secret, but it is not one: the offline review cannot decrypt it and "
+                f"the program would use it in clear; run `pulumi config set {key} VALUE` without --secret"
+            )
+            return None
         if value is None or (value == "" and spec.required):
             if spec.required and not spec.secret:
                 self.problems.append(f"{PROJECT}:{key}: missing; set it with `pulumi config set {key} VALUE`")
@@ -309,18 +342,22 @@ class _Reader:
 
     def integer(self, key: str, check: rules.Check) -> Any:
         value = self._raw(key)
+        if value is None:
+            return None
         if isinstance(value, bool) or not isinstance(value, int | str):
             self._fail(key, value, "expected an integer")
             return None
         try:
-            number = int(value)
-        except ValueError:
-            self._fail(key, value, "expected an integer")
+            number = value if isinstance(value, int) else rules.check_integer_text(value)
+        except ValueError as error:
+            self._fail(key, value, str(error))
             return None
         return self._apply(key, number, check)
 
     def boolean(self, key: str) -> Any:
         value = self._raw(key)
+        if value is None:
+            return None
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in {"true", "false"}:
@@ -330,6 +367,8 @@ class _Reader:
 
     def array(self, key: str, check: rules.Check) -> list[Any]:
         value = self._raw(key)
+        if value is None:
+            return []
         if isinstance(value, str):
             try:
                 value = json.loads(value)
@@ -367,7 +406,7 @@ class _Reader:
         if value is None or isinstance(value, Placeholder):
             return [] if value is None else [value]
         urls: list[SecretStr | Placeholder] = []
-        for position, item in enumerate(value.get_secret_value().replace(",", " ").split(), start=1):
+        for position, item in enumerate(rules.split_alert_urls(value.get_secret_value()), start=1):
             try:
                 urls.append(SecretStr(check(item)))
             except ValueError as error:
