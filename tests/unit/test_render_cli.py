@@ -108,3 +108,103 @@ def test_invalid_node_count_override(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     assert code == ExitCode.CONFIG
     assert "mailcow-ha:nodeCount: invalid value 4" in capsys.readouterr().err
+
+
+def test_output_path_is_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, base_config())
+    (tmp_path / "out").write_text("notes\n")
+
+    code = render(project, tmp_path / "out")
+
+    assert code == ExitCode.USAGE
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "notes\n"
+
+
+def test_scale_in_render_removes_stale_nodes(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, base_config())
+    out = tmp_path / "out"
+    render(project, out, "--node-count", "5")
+    (out / "notes.txt").write_text("kept\n")
+
+    code = render(project, out)
+
+    assert code == ExitCode.OK
+    assert sorted(path.name for path in out.iterdir()) == [f"mailcow-test-{index}" for index in (1, 2, 3)] + [
+        "notes.txt"
+    ]
+    assert "10.0.1.14" not in (out / "mailcow-test-1/keepalived.conf").read_text()
+
+
+def test_foreign_directory_not_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, base_config())
+    foreign = tmp_path / "out/mailcow-test-2"
+    foreign.mkdir(parents=True)
+    (foreign / "mine.txt").write_text("data\n")
+
+    code = render(project, tmp_path / "out")
+
+    assert code == ExitCode.USAGE
+    assert "was not written by `mailcow-ha render`" in capsys.readouterr().err
+    assert (foreign / "mine.txt").read_text() == "data\n"
+    assert not (tmp_path / "out/mailcow-test-1").exists()
+
+
+def test_stack_file_scalars_read_as_strings(tmp_path: Path) -> None:
+    """Pulumi hands every value to the program as a string; YAML would make dates and numbers of some."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "cloud-init").symlink_to(REPOSITORY / "cloud-init")
+    text = (
+        "config:\n"
+        f"  mailcow-ha:runtimeRef: {COMMIT}\n"
+        "  mailcow-ha:mailHostname: mail.example.org\n"
+        "  mailcow-ha:runtimeRepository: https://git.example.org/ops/mailcow-ha.git\n"
+        "  mailcow-ha:hcloudToken: {secure: v1:encrypted-token-bytes}\n"
+        "  mailcow-ha:clusterName: 1234\n"
+        "  mailcow-ha:mailcowRef: 2025-01-15\n"
+        "  mailcow-ha:nodeCount: 5\n"
+        "  mailcow-ha:floatingIpv6: true\n"
+        "  mailcow-ha:galeraPassword:\n"
+    )
+    (project / "Pulumi.test.yaml").write_text(text, encoding="utf-8")
+
+    code = render(project, tmp_path / "out")
+
+    assert code == ExitCode.OK
+    node_config = yaml.safe_load((tmp_path / "out/1234-5/files/etc/mailcow-ha/node.yaml").read_text())
+    assert node_config["cluster"] == "1234"
+    assert len(node_config["hetzner"]["floating_ips"]) == 2
+    user_data = yaml.safe_load((tmp_path / "out/1234-1/user-data.yaml").read_text())
+    command = user_data["runcmd"][0]
+    assert command[command.index("--mailcow-ref") + 1] == "2025-01-15"
+
+
+def test_key_without_namespace_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, {**base_config(), "nodeCount": 5})
+
+    code = render(project, tmp_path / "out")
+
+    assert code == ExitCode.CONFIG
+    assert "key 'nodeCount' has no namespace; write it as mailcow-ha:nodeCount" in capsys.readouterr().err
+
+
+def test_encrypted_plain_key_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_stack(project, {**base_config(), "mailcow-ha:mailHostname": {"secure": "v1:encrypted-hostname"}})
+
+    code = render(project, tmp_path / "out")
+    errors = capsys.readouterr().err
+
+    assert code == ExitCode.CONFIG
+    assert "mailcow-ha:mailHostname: set as a secret, but it is not one" in errors
+    assert "encrypted-hostname" not in errors

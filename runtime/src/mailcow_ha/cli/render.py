@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import shutil
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import yaml
 
 from mailcow_ha.config import parse_config
-from mailcow_ha.errors import ConfigError, ExitCode
+from mailcow_ha.errors import ConfigError, ExitCode, MailcowHaError
 from mailcow_ha.render.cloudinit import node_files, render_user_data
 from mailcow_ha.render.galera import render_galera_cnf
 from mailcow_ha.render.keepalived import priority_for_index, render_keepalived_conf
@@ -36,6 +39,26 @@ log = logging.getLogger(__name__)
 
 STAND_IN_ID = 1
 """A valid id used only to load a reviewed node config; keepalived and Galera do not read ids."""
+REVIEW_MARKER = "user-data.yaml"
+"""Every node directory a render writes contains this file; only such directories are replaced."""
+OTHER_NAMESPACES = frozenset({"hcloud", "random", "pulumi"})
+"""Config namespaces of the providers and of Pulumi itself, which the program does not read."""
+
+
+class RenderOutputError(MailcowHaError):
+    """The output directory cannot take the review files."""
+
+    exit_code = ExitCode.USAGE
+
+
+class _StackFileLoader(yaml.SafeLoader):
+    """Reads a stack file as Pulumi does: every scalar is a string, except an empty value or null."""
+
+
+_StackFileLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag == "tag:yaml.org,2002:null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def register(subparsers: Any) -> None:
@@ -76,7 +99,7 @@ def load_stack(project_dir: Path, stack_name: str, *, node_count: int | None = N
     """Read and validate `Pulumi.<stack>.yaml`; secrets become placeholders."""
     path = project_dir / f"Pulumi.{stack_name}.yaml"
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_StackFileLoader) or {}  # noqa: S506
     except FileNotFoundError:
         raise ConfigError(
             f"stack file {path} not found; pass --project-dir or create it with `pulumi stack init`"
@@ -87,21 +110,30 @@ def load_stack(project_dir: Path, stack_name: str, *, node_count: int | None = N
     if not isinstance(config, dict):
         raise ConfigError(f"stack file {path} has no `config:` mapping")
 
-    values, secret_keys = stack_file_values(config)
+    values, secret_keys = stack_file_values(config, path)
     if node_count is not None:
         values["nodeCount"] = node_count
     return parse_stack(values, secret_keys, stack=stack_name)
 
 
-def stack_file_values(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
-    """Return the project's values from a stack file's `config:`; encrypted or unset secrets become placeholders."""
+def stack_file_values(config: dict[str, Any], path: Path | None = None) -> tuple[dict[str, Any], set[str]]:
+    """Return the project's values from a stack file's `config:`; encrypted or unset secrets become placeholders.
+
+    Raises ConfigError for a key without a namespace, which Pulumi rejects as well.
+    """
     prefix = f"{PROJECT}:"
     values: dict[str, Any] = {}
     secret_keys: set[str] = set()
     for full_name, value in config.items():
-        if not str(full_name).startswith(prefix):
+        namespace, separator, key = str(full_name).partition(":")
+        if not separator:
+            raise ConfigError(
+                f"stack file {path or 'config'}: key {full_name!r} has no namespace; write it as {prefix}{full_name}"
+            )
+        if namespace != PROJECT:
+            if namespace not in OTHER_NAMESPACES:
+                log.warning("stack file %s: key %s is not read by this project (namespace %s)", path, key, namespace)
             continue
-        key = str(full_name)[len(prefix) :]
         if isinstance(value, dict) and set(value) == {"secure"}:
             values[key] = Placeholder(key)
             secret_keys.add(key)
@@ -136,25 +168,72 @@ def review_secrets(stack: StackConfig) -> NodeSecrets:
 
 
 def render_stack(stack: StackConfig, static_dir: Path, out: Path) -> int:
-    """Write every node's review files under `out`; return how many files were written."""
-    members = [str(stack.private_ip(index)) for index in stack.node_indexes]
+    """Write every node's review files under `out`; return how many files were written.
+
+    Every file is rendered before the first one is written, so a failure leaves `out` as it was.
+    Node directories of an earlier render are replaced, including those of nodes beyond the
+    current count, so the directory shows exactly this stack.
+    """
+    rendered = {stack.node_name(index): render_node(stack, index, static_dir) for index in stack.node_indexes}
+    return write_review(out, rendered, stack.cluster_name)
+
+
+def render_node(stack: StackConfig, index: int, static_dir: Path) -> dict[str, str]:
+    """Return node `index`'s review files, keyed by their path relative to the node's directory."""
+    members = [str(stack.private_ip(member)) for member in stack.node_indexes]
     secrets = review_secrets(stack)
-    written = 0
-    for index in stack.node_indexes:
-        cloud = review_cloud_ids(stack, index)
-        node_dir = out / stack.node_name(index)
-        files: dict[str, str] = {"user-data.yaml": render_user_data(stack, index, cloud, secrets, static_dir)}
-        for item in node_files(stack, index, cloud, secrets, static_dir):
-            files[f"files{item.path}"] = item.content
-        config = _loadable_config(node_config_document(stack, index, cloud, secrets))
-        files["keepalived.conf"] = render_keepalived_conf(keepalived_inputs(config, members))
-        files[PurePosixPath(GALERA_CONF_PATH).name] = render_galera_cnf(galera_inputs(config, members))
-        for relative, text in files.items():
-            path = node_dir / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            written += 1
+    cloud = review_cloud_ids(stack, index)
+    files: dict[str, str] = {REVIEW_MARKER: render_user_data(stack, index, cloud, secrets, static_dir)}
+    for item in node_files(stack, index, cloud, secrets, static_dir):
+        files[f"files{item.path}"] = item.content
+    config = _loadable_config(node_config_document(stack, index, cloud, secrets))
+    files["keepalived.conf"] = render_keepalived_conf(keepalived_inputs(config, members))
+    files[PurePosixPath(GALERA_CONF_PATH).name] = render_galera_cnf(galera_inputs(config, members))
+    return files
+
+
+def write_review(out: Path, rendered: dict[str, dict[str, str]], cluster_name: str) -> int:
+    """Replace the node directories under `out` with `rendered`; return how many files were written."""
+    if out.exists() and not out.is_dir():
+        raise RenderOutputError(f"output {out} exists and is not a directory; pass another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        node_dir_name = re.compile(rf"^{re.escape(cluster_name)}-[0-9]+$")
+        stale = sorted(
+            path.name for path in out.iterdir() if node_dir_name.match(path.name) and path.name not in rendered
+        )
+        for name in [*rendered, *stale]:
+            target = out / name
+            if target.exists() and not (target.is_dir() and (target / REVIEW_MARKER).is_file()):
+                raise RenderOutputError(
+                    f"{target} exists but was not written by `mailcow-ha render` (no {REVIEW_MARKER}); "
+                    "move it away or pass another --out"
+                )
+
+        written = 0
+        for name, files in rendered.items():
+            written += _replace_node_dir(out, name, files)
+        for name in stale:
+            shutil.rmtree(out / name)
+            log.info("removed %s, the review of a node beyond the current node count", out / name)
+    except OSError as error:
+        raise RenderOutputError(f"writing the review files under {out} failed: {error}") from None
     return written
+
+
+def _replace_node_dir(out: Path, name: str, files: dict[str, str]) -> int:
+    staging = out / f".{name}.render-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    for relative, text in files.items():
+        path = staging / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    target = out / name
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return len(files)
 
 
 def plan_summary(stack: StackConfig, out: Path) -> str:
