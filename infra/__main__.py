@@ -1,7 +1,8 @@
 """The mailcow-ha Pulumi program: validate the stack config, then declare the cluster.
 
 Validation runs before any resource is declared, so a bad value stops `pulumi preview` with
-every problem listed and nothing planned.
+every problem listed and nothing planned. So does a change that would harm the running cluster
+(see existing.py), which the program checks through the API with the provider's token.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import pulumi
 from pydantic import SecretStr
 
 from cluster import Cluster, ClusterArgs
-from mailcow_ha.errors import ConfigError
+from existing import change_problems, read_existing
+from mailcow_ha.errors import CloudError, ConfigError
 from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, StackConfig, parse_stack, resolve_runtime_ref
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
 
 
 def read_config() -> tuple[dict[str, Any], set[str]]:
@@ -46,6 +49,27 @@ def secret_output(stack: StackConfig, key: str) -> pulumi.Output[str] | None:
     return pulumi.Output.secret(value.get_secret_value())
 
 
+def check_running_cluster(stack: StackConfig) -> None:
+    """Reject a change that would harm the cluster as it runs now; see existing.py."""
+    token = pulumi.runtime.get_config("hcloud:token")
+    if not token:
+        pulumi.log.warn(
+            "hcloud:token is not in the stack config, so this change is not checked against the running cluster "
+            "(scale-in, location, addresses); set it with `pulumi config set --secret hcloud:token`"
+        )
+        return
+    endpoint = pulumi.runtime.get_config("hcloud:endpoint") or DEFAULT_ENDPOINT
+    try:
+        existing = read_existing(stack.cluster_name, token, endpoint)
+    except CloudError as error:
+        raise pulumi.RunError(str(error)) from None
+    problems = change_problems(stack, existing)
+    if problems:
+        lines = [f"stack {stack.stack!r}: this change would harm the running cluster {stack.cluster_name}:"]
+        lines.extend(f"  {problem}" for problem in problems)
+        raise pulumi.RunError("\n".join(lines))
+
+
 def main() -> None:
     values, secret_keys = read_config()
     try:
@@ -53,6 +77,7 @@ def main() -> None:
         stack, _ = resolve_runtime_ref(stack, REPOSITORY, allow_dirty=False)
     except ConfigError as error:
         raise pulumi.RunError(str(error)) from None
+    check_running_cluster(stack)
 
     token = secret_output(stack, "hcloud_token")
     if token is None:

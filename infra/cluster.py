@@ -3,13 +3,20 @@
 Ordering follows from what user data may contain. The floating IPs and every volume are created
 unattached before the servers, so that their ids can go into user data. Attachments and the
 floating IP assignments are separate resources created afterwards. Once created, the runtime owns
-which server holds the shared volume and the floating IPs, so those two resources ignore changes
-of their server. User data, image and SSH keys are ignored on servers too, because a change to
-any of them would make the provider replace a running node.
+the server that the shared volume is attached and the floating IPs are assigned to. So those
+resources ignore changes of their server and are retained on delete, because the provider's
+delete detaches the volume or unassigns the floating IP from whatever server has it, which after
+a failover is the running master.
+
+Servers ignore later changes of what cannot change on a running node. A new user data, image or
+SSH key list would make the provider replace the server. A new server type makes it power the
+server off, hard, before the resize, on every node at the same time. New network settings would
+re-address each node, while its config keeps the address it was created with.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +26,17 @@ import pulumi
 import pulumi_hcloud as hcloud
 import pulumi_random as random
 
+from existing import vrrp_labels
 from mailcow_ha.render.cloudinit import render_user_data
 from mailcow_ha.render.nodeconfig import CloudIds, NodeSecrets, floating_ip_interface
 from mailcow_ha.stack import StackConfig
+from mailcow_ha.stack_rules import ssh_key_identity
 
 COMPONENT_TYPE = "mailcow-ha:index:Cluster"
 MAIL_PORTS = (25, 465, 587, 143, 993, 110, 995, 4190)
 WEB_PORTS = (80, 443)
 ANYWHERE = ["0.0.0.0/0", "::/0"]
-SERVER_IGNORED_CHANGES = ["user_data", "image", "ssh_keys"]
+SERVER_IGNORED_CHANGES = ["user_data", "image", "ssh_keys", "server_type", "networks"]
 MONITORED_PORTS = (("smtp", 25), ("submissions", 465), ("submission", 587), ("imaps", 993), ("https", 443))
 
 
@@ -96,15 +105,17 @@ class Cluster(pulumi.ComponentResource):
             labels=self._labels,
             opts=self._child(),
         )
+        # Named after the key, not its place in the list: removing one key must not replace the
+        # others, because Hetzner rejects a new copy of a key while the old one still exists.
         self.ssh_keys = [
             hcloud.SshKey(
-                f"{name}-admin-key-{position}",
-                name=f"{stack.cluster_name}-admin-{position}",
+                f"{name}-admin-key-{key_digest(key)}",
+                name=f"{stack.cluster_name}-admin-{key_digest(key)}",
                 public_key=key,
                 labels=self._labels,
                 opts=self._child(),
             )
-            for position, key in enumerate(stack.admin_ssh_keys, start=1)
+            for key in stack.admin_ssh_keys
         ]
 
         self.floating_ipv4 = self._floating_ip("ipv4")
@@ -138,14 +149,14 @@ class Cluster(pulumi.ComponentResource):
             volume_id=self.shared_volume.id.apply(int),
             server_id=first.id.apply(int),
             automount=False,
-            opts=self._child(ignore_changes=["server_id"]),
+            opts=self._child(ignore_changes=["server_id"], retain_on_delete=True),
         )
         for kind, floating_ip in self.floating_ips.items():
             hcloud.FloatingIpAssignment(
                 f"{name}-floating-{kind}-assignment",
                 floating_ip_id=floating_ip.id.apply(int),
                 server_id=first.id.apply(int),
-                opts=self._child(ignore_changes=["server_id"]),
+                opts=self._child(ignore_changes=["server_id"], retain_on_delete=True),
             )
         self._reverse_dns()
 
@@ -166,7 +177,8 @@ class Cluster(pulumi.ComponentResource):
             type=kind,
             home_location=self._stack.location,
             labels=self._labels,
-            opts=self._child(),
+            # The address is in DNS, SPF and the reverse DNS, so a new one takes an explicit unprotect.
+            opts=self._child(protect=True),
         )
 
     def _node(
@@ -218,7 +230,7 @@ class Cluster(pulumi.ComponentResource):
             placement_group_id=self.placement_group.id.apply(int),
             firewall_ids=[self.firewall.id.apply(int)],
             ssh_keys=[key.id for key in self.ssh_keys],
-            labels={**self._labels, "role": "node", "node": str(index)},
+            labels={**self._labels, "role": "node", "node": str(index), **vrrp_labels(stack)},
             networks=[hcloud.ServerNetworkArgs(network_id=self.network.id.apply(int), ip=str(stack.private_ip(index)))],
             public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
             # Secret because it is built from secret outputs (token, passwords).
@@ -316,6 +328,11 @@ def monitoring_targets(
     targets.append({"name": f"{stack.cluster_name}-web", "kind": "http", "host": stack.mail_hostname, "port": 443})
     targets.extend({"name": node["name"], "kind": "ping", "host": node["publicIpv4"], "port": None} for node in nodes)
     return targets
+
+
+def key_digest(key: str) -> str:
+    """Return a short, stable name part for an SSH key, derived from its type and key data."""
+    return hashlib.sha256(ssh_key_identity(key).encode()).hexdigest()[:12]
 
 
 def _interface_address(floating_ip: hcloud.FloatingIp) -> pulumi.Output[str]:

@@ -3,7 +3,8 @@
 Usage: python program_driver.py CONFIG_JSON. The argument contains {"stack", "config",
 "secret_keys"}. Each run needs its own process, because the program registers into one
 root stack per process. The output lists every resource (type, name, parent, inputs,
-ignoreChanges, protect, dependencies), the stack outputs with their secret flags, or the error.
+ignoreChanges, protect, retainOnDelete, dependencies), the stack outputs with their secret
+flags, or the error.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class CloudMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """Records the options that Mocks.new_resource does not see (ignoreChanges, protect, parent)."""
+    """Records the options that Mocks.new_resource does not see (ignoreChanges, protect, retainOnDelete, parent)."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
@@ -71,6 +72,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     "parent": request.parent,
                     "ignore_changes": list(request.ignoreChanges),
                     "protect": bool(request.protect),
+                    "retain_on_delete": bool(request.retainOnDelete),
                     "dependencies": list(request.dependencies),
                     "inputs": _plain(self.resources[response.urn].state) if response.urn in self.resources else {},
                 }

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from harness.fakecloud.testing import FakeCloudEnv, serve_fake
 from mailcow_ha.render.cloudinit import USER_DATA_LIMIT
 
 DRIVER = Path(__file__).with_name("program_driver.py")
 TOKEN = "hcloud-token-must-stay-secret"
 ALERT_URL = "mailtos://alerts:alert-password-secret@smtp.example.net"
 COMMIT = "c" * 40
+
+
+def ed25519_key(seed: int, comment: str = "admin@example.org") -> str:
+    """Return an ed25519 public key line in OpenSSH's format with key bytes derived from `seed`."""
+    blob = b"".join(len(part).to_bytes(4, "big") + part for part in (b"ssh-ed25519", bytes([seed]) * 32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+KEY_ONE = ed25519_key(1, "one@example.org")
+KEY_TWO = ed25519_key(2, "two@example.org")
 BASE_CONFIG = {
     "mailcow-ha:mailHostname": "mail.example.org",
     "mailcow-ha:runtimeRepository": "https://git.example.org/ops/mailcow-ha.git",
@@ -26,22 +39,28 @@ BASE_CONFIG = {
     "mailcow-ha:hcloudToken": TOKEN,
     "mailcow-ha:alertUrls": ALERT_URL,
     "mailcow-ha:sshAllowedCidrs": '["198.51.100.0/24"]',
-    "mailcow-ha:adminSshKeys": '["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTests admin@example.org"]',
+    "mailcow-ha:adminSshKeys": json.dumps([KEY_ONE]),
 }
 SECRET_KEYS = ("mailcow-ha:hcloudToken", "mailcow-ha:alertUrls")
 
 
-@functools.cache
-def run_program(node_count: int = 3, ipv6: bool = True, **overrides: str) -> dict[str, Any]:
-    config = {**BASE_CONFIG, "mailcow-ha:nodeCount": str(node_count), "mailcow-ha:floatingIpv6": str(ipv6).lower()}
-    config.update({f"mailcow-ha:{key}": value for key, value in overrides.items()})
-    request = {"stack": "prod", "config": config, "secret_keys": list(SECRET_KEYS)}
+def run_request(
+    config: dict[str, str], secret_keys: list[str] | tuple[str, ...] = SECRET_KEYS, stack: str = "prod"
+) -> dict[str, Any]:
+    request = {"stack": stack, "config": config, "secret_keys": list(secret_keys)}
     completed = subprocess.run(
         [sys.executable, str(DRIVER), json.dumps(request)], capture_output=True, text=True, timeout=120, check=False
     )
     assert completed.returncode == 0, completed.stderr
     result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
     return result
+
+
+@functools.cache
+def run_program(node_count: int = 3, ipv6: bool = True, **overrides: str) -> dict[str, Any]:
+    config = {**BASE_CONFIG, "mailcow-ha:nodeCount": str(node_count), "mailcow-ha:floatingIpv6": str(ipv6).lower()}
+    config.update({f"mailcow-ha:{key}": value for key, value in overrides.items()})
+    return run_request(config)
 
 
 def resources_of(result: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -86,8 +105,9 @@ def test_children_parented_to_component() -> None:
 
 
 def test_servers_ignore_replacing_changes() -> None:
+    """User data, image and SSH keys replace a server, a server type powers it off, networks re-address it."""
     for server in resources_of(run_program(), "server:Server"):
-        assert set(server["ignore_changes"]) == {"userData", "image", "sshKeys"}
+        assert set(server["ignore_changes"]) == {"userData", "image", "sshKeys", "serverType", "networks"}
 
 
 def test_runtime_owned_assignments_ignored() -> None:
@@ -95,9 +115,52 @@ def test_runtime_owned_assignments_ignored() -> None:
     assignments = resources_of(result, "floatingIpAssignment:FloatingIpAssignment")
     shared = [item for item in resources_of(result, "volumeAttachment:VolumeAttachment") if "shared" in item["name"]]
 
+    assert len(assignments) == 2
     assert len(shared) == 1
     for resource in [*assignments, *shared]:
         assert resource["ignore_changes"] == ["serverId"], resource["name"]
+
+
+def test_runtime_owned_assignments_retained() -> None:
+    """Deleting these resources must not detach the volume or unassign an IP from the master."""
+    result = run_program()
+    attachments = resources_of(result, "volumeAttachment:VolumeAttachment")
+    runtime_owned = [
+        *resources_of(result, "floatingIpAssignment:FloatingIpAssignment"),
+        *(item for item in attachments if "shared" in item["name"]),
+    ]
+    own_volumes = [item for item in attachments if "shared" not in item["name"]]
+
+    for resource in runtime_owned:
+        assert resource["retain_on_delete"] is True, resource["name"]
+    assert len(own_volumes) == 3
+    for resource in own_volumes:
+        assert resource["retain_on_delete"] is False, resource["name"]
+
+
+def test_floating_ips_protected() -> None:
+    floating_ips = resources_of(run_program(), "floatingIp:FloatingIp")
+
+    assert len(floating_ips) == 2
+    for floating_ip in floating_ips:
+        assert floating_ip["protect"] is True, floating_ip["name"]
+
+
+def test_ssh_keys_named_by_key() -> None:
+    """Removing the first key must leave the resource of the second one unchanged."""
+
+    def keys(result: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        return {
+            item["inputs"]["publicKey"]: (item["name"], item["inputs"]["name"])
+            for item in resources_of(result, "sshKey:SshKey")
+        }
+
+    both = keys(run_program(adminSshKeys=json.dumps([KEY_ONE, KEY_TWO])))
+    second_only = keys(run_program(adminSshKeys=json.dumps([KEY_TWO])))
+
+    assert len(both) == 2
+    assert second_only == {KEY_TWO: both[KEY_TWO]}
+    assert len({names[1] for names in both.values()}) == 2
 
 
 def test_first_node_gets_shared_volume_and_ips() -> None:
@@ -143,7 +206,13 @@ def test_servers_have_labels_and_static_ips() -> None:
 
     for server in servers:
         index = int(server["inputs"]["labels"]["node"])
-        assert server["inputs"]["labels"] == {"cluster": "mailcow-prod", "role": "node", "node": str(index)}
+        assert server["inputs"]["labels"] == {
+            "cluster": "mailcow-prod",
+            "role": "node",
+            "node": str(index),
+            "vrrp-router-id": "51",
+            "vrrp-advert-int": "1",
+        }
         assert server["inputs"]["networks"][0]["ip"] == f"10.0.1.{10 + index}"
         assert server["inputs"]["location"] == "fsn1"
         assert "placementGroupId" in server["inputs"]
@@ -219,6 +288,50 @@ def test_outputs_present() -> None:
         assert set(target) == {"name", "kind", "host", "port"}
 
 
+def plain_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Yield (path, text) for every string in `value` that is not inside a secret wrapper."""
+    if isinstance(value, dict):
+        if "__secret__" in value:
+            return
+        for key, item in value.items():
+            yield from plain_strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from plain_strings(item, f"{path}[{position}]")
+    elif isinstance(value, str):
+        yield path, value
+
+
+def test_secrets_only_inside_secret_values() -> None:
+    """No secret reaches a resource input or an output in clear, however deeply nested."""
+    secrets = {
+        "hcloudToken": TOKEN,
+        "alertUrls": ALERT_URL,
+        "galeraPassword": "galera-password-must-stay-secret",
+        "statusApiSecret": "status-api-secret-must-stay-secret",
+    }
+    config = {**BASE_CONFIG, **{f"mailcow-ha:{key}": value for key, value in secrets.items()}}
+    result = run_request(config, [f"mailcow-ha:{key}" for key in secrets])
+
+    assert "error" not in result, result.get("traceback")
+    exposed = [
+        (f"{resource['name']}{path}", secret)
+        for resource in result["resources"]
+        for path, text in plain_strings(resource["inputs"])
+        for secret in (TOKEN, "alert-password-secret", "galera-password-must-stay", "status-api-secret-must")
+        if secret in text
+    ]
+    exposed += [
+        (f"outputs{path}", secret)
+        for path, text in plain_strings(result["outputs"])
+        for secret in secrets.values()
+        if secret in text
+    ]
+    assert exposed == []
+    user_data = [secret_value(server["inputs"]["userData"]) for server in resources_of(result, "server:Server")]
+    assert all("galera-password-must-stay-secret" in text for text in user_data)
+
+
 def test_outputs_free_of_secrets() -> None:
     result = run_program()
     text = json.dumps(result["outputs"])
@@ -238,6 +351,9 @@ def test_outputs_free_of_secrets() -> None:
         ({"nodeCount": "4"}, "nodeCount"),
         ({"location": "mars1"}, "location"),
         ({"sharedVolumeSize": "5"}, "sharedVolumeSize"),
+        ({"networkCidr": "10.0.0.0/25", "subnetCidr": "10.0.0.0/27"}, "networkCidr"),
+        ({"adminSshKeys": json.dumps([KEY_ONE, KEY_ONE.replace("one@", "again@")])}, "adminSshKeys"),
+        ({"alertUrls": "nosuchservice://hook"}, "alertUrls"),
     ],
 )
 def test_invalid_config_declares_nothing(overrides: dict[str, str], key: str) -> None:
@@ -245,6 +361,96 @@ def test_invalid_config_declares_nothing(overrides: dict[str, str], key: str) ->
 
     assert "RunError" in result["error"]
     assert f"mailcow-ha:{key}" in result["error"]
+    assert result["resources"] == []
+
+
+def test_stack_name_invalid_as_cluster_name() -> None:
+    result = run_request({**BASE_CONFIG, "mailcow-ha:floatingIpv6": "true"}, stack="Prod_EU")
+
+    assert "mailcow-ha:clusterName: unset, so the cluster name is derived" in result["error"]
+    assert result["resources"] == []
+
+
+def test_plain_key_set_as_secret_rejected() -> None:
+    result = run_request(BASE_CONFIG, [*SECRET_KEYS, "mailcow-ha:mailHostname"])
+
+    assert "mailcow-ha:mailHostname: set as a secret, but it is not one" in result["error"]
+    assert result["resources"] == []
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCloudEnv]:
+    with serve_fake() as env:
+        yield env
+
+
+def deployed_cluster(env: FakeCloudEnv, count: int, holder: int) -> None:
+    """Create the servers, shared volume and floating IPs of a deployed cluster in the fake."""
+    network = env.fake.create_network("mailcow-prod-network", "10.0.0.0/16", subnet="10.0.1.0/24")
+    ids = [
+        env.fake.create_server(
+            f"mailcow-prod-{index}",
+            labels={"cluster": "mailcow-prod", "role": "node", "node": str(index)},
+            network_id=network.id,
+            private_ip=f"10.0.1.{10 + index}",
+        ).id
+        for index in range(1, count + 1)
+    ]
+    env.fake.create_volume(
+        "mailcow-prod-shared-data", server_id=ids[holder - 1], labels={"cluster": "mailcow-prod", "role": "shared-data"}
+    )
+    for kind in ("ipv4", "ipv6"):
+        env.fake.create_floating_ip(
+            f"mailcow-prod-{kind}", type=kind, server_id=ids[holder - 1], labels={"cluster": "mailcow-prod"}
+        )
+
+
+def run_against(env: FakeCloudEnv, node_count: int) -> dict[str, Any]:
+    config = {
+        **BASE_CONFIG,
+        "mailcow-ha:nodeCount": str(node_count),
+        "mailcow-ha:floatingIpv6": "true",
+        "hcloud:token": env.token,
+        "hcloud:endpoint": env.url,
+    }
+    return run_request(config, [*SECRET_KEYS, "hcloud:token"])
+
+
+def test_scale_in_of_master_rejected(fake: FakeCloudEnv) -> None:
+    deployed_cluster(fake, 5, holder=5)
+
+    result = run_against(fake, 3)
+
+    assert "would harm the running cluster mailcow-prod" in result["error"]
+    assert "deletes mailcow-prod-5, to which a failover moved the shared data volume" in result["error"]
+    assert fake.token not in result["error"]
+    assert result["resources"] == []
+
+
+def test_scale_in_losing_majority_rejected(fake: FakeCloudEnv) -> None:
+    deployed_cluster(fake, 7, holder=1)
+
+    result = run_against(fake, 3)
+
+    assert "deletes 4 of 7 Galera members at once" in result["error"]
+    assert result["resources"] == []
+
+
+def test_safe_scale_in_declared(fake: FakeCloudEnv) -> None:
+    deployed_cluster(fake, 5, holder=2)
+
+    result = run_against(fake, 3)
+
+    assert "error" not in result, result.get("traceback")
+    assert len(resources_of(result, "server:Server")) == 3
+
+
+def test_unreachable_api_declares_nothing() -> None:
+    config = {**BASE_CONFIG, "hcloud:token": "token", "hcloud:endpoint": "http://127.0.0.1:9/v1"}
+
+    result = run_request(config, [*SECRET_KEYS, "hcloud:token"])
+
+    assert "the change cannot be checked against the running cluster" in result["error"]
     assert result["resources"] == []
 
 
