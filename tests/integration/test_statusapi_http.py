@@ -396,3 +396,90 @@ def test_history_served_from_state_dir(tmp_path):
         assert client.history(address) == []
     finally:
         api.stop()
+
+
+def open_slow_post(port: int) -> socket.socket:
+    """Start a POST whose body never completes, as a slow or hostile client would."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+    connection.sendall(b"POST /v1/actions/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n{")
+    return connection
+
+
+def closed_by_server(connection: socket.socket, within: float) -> bool:
+    """Return whether the server closed `connection` within `within` seconds (sending nothing)."""
+    connection.settimeout(within)
+    try:
+        return connection.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_bodies_leave_reads_served(node):
+    slow = [open_slow_post(node.port) for _ in range(20)]
+    try:
+        time.sleep(0.2)
+        snapshot = node.client.status("127.0.0.1")
+    finally:
+        for connection in slow:
+            connection.close()
+
+    assert snapshot.node == "node-a"
+
+
+def test_trickling_request_closed_at_deadline():
+    node = Node(request_timeout=0.5)
+    node.api.start()
+    connection = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+    try:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /v1/status HTTP/1.1\r\nHost: a\r\nX-Padding: " + b"x" * 100:
+            try:
+                connection.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if closed_by_server(connection, 0.05):
+                closed = True
+                break
+        elapsed = time.monotonic() - started
+    finally:
+        connection.close()
+        node.api.stop()
+
+    assert closed
+    assert elapsed < 2.0
+
+
+def test_connections_beyond_limit_closed():
+    node = Node(max_connections=4, request_timeout=1.0)
+    node.api.start()
+    idle = [socket.create_connection(("127.0.0.1", node.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+        with extra:
+            assert closed_by_server(extra, 2.0)
+
+        for connection in idle:
+            assert closed_by_server(connection, 3.0)
+        assert node.client.status("127.0.0.1").node == "node-a"
+    finally:
+        for connection in idle:
+            connection.close()
+        node.api.stop()
+
+
+def test_deeply_nested_body_is_400(node):
+    body = b"[" * 60000
+    headers = signed_headers(
+        SECRET.encode(), "prod", method="POST", path="/v1/actions/echo", body=body, now=time.time()
+    )
+    headers["Content-Length"] = str(len(body))
+
+    status, _, response = node.raw("POST", "/v1/actions/echo", body, headers)
+
+    assert status == 400
+    assert response["error"] == "body must be a JSON object"

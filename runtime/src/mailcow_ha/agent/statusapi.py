@@ -19,13 +19,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -39,6 +37,7 @@ from mailcow_ha.agent.apiauth import (
     verify_signature,
 )
 from mailcow_ha.agent.snapshot import NodeSnapshot
+from mailcow_ha.agent.statushttp import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, StatusHttpServer
 from mailcow_ha.errors import ConfigError, MailcowHaError, Refused
 from mailcow_ha.failover.history import HistoryStore
 
@@ -48,10 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
-MAX_BODY = 64 * 1024
 MAX_CONCURRENT_REQUESTS = 16
-SOCKET_TIMEOUT = 10.0
-"""Seconds a connection may stay silent before the server drops it, so idle clients cannot hold threads."""
+"""Requests whose handlers may run at once; requests still arriving do not count."""
 
 SnapshotSource = Callable[[], NodeSnapshot]
 HistorySource = Callable[[], list[dict[str, Any]]]
@@ -94,6 +91,8 @@ class StatusApi:
         history: HistorySource | None = None,
         max_skew: float = DEFAULT_MAX_SKEW,
         clock: Callable[[], float] = time.time,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         _reject_wildcard(address)
         self._history = history
@@ -110,7 +109,9 @@ class StatusApi:
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
         self._thread: threading.Thread | None = None
         try:
-            self._server = _Server((address, port), _handler_for(self))
+            self._server = StatusHttpServer(
+                (address, port), self, request_timeout=request_timeout, max_connections=max_connections
+            )
         except OSError as error:
             raise ConfigError(
                 f"status API could not listen on {address}:{port}: {error.strerror}; "
@@ -231,7 +232,7 @@ class StatusApi:
             return HTTPStatus.NOT_FOUND, {"error": f"no action {name!r}; registered: {known}"}, {}
         try:
             params = json.loads(body.decode("utf-8")) if body else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             params = None
         if not isinstance(params, dict):
             return HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"}, {}
@@ -294,16 +295,6 @@ class StatusApi:
         self._slots.release()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, server_address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in server_address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(server_address, handler)
-
-
 def _snapshot_response(path: str, node: str, snapshot: NodeSnapshot) -> tuple[int, dict[str, Any]]:
     """Answer /v1/status with the snapshot, /v1/health and /v1/master with 200 or 503."""
     if path == f"{API_PREFIX}/status":
@@ -324,65 +315,3 @@ def _reject_wildcard(address: str) -> None:
         raise ConfigError(
             f"status API address {address} would listen on every interface; use the node's private address"
         )
-
-
-def _handler_for(api: StatusApi) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "mailcow-ha"
-        sys_version = ""
-        timeout = SOCKET_TIMEOUT
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            if not api.try_enter():
-                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many concurrent requests; retry"})
-                return
-            try:
-                status, payload = api.handle_get(self.path.split("?", 1)[0])
-                self._reply(status, payload)
-            finally:
-                api.leave()
-
-        def do_POST(self) -> None:
-            if not api.try_enter():
-                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many concurrent requests; retry"})
-                return
-            try:
-                body = self._read_body()
-                if body is None:
-                    return
-                headers = {name: value for name, value in self.headers.items()}
-                status, payload, extra = api.handle_post(self.path, self.client_address[0], headers, body)
-                self._reply(status, payload, extra)
-            finally:
-                api.leave()
-
-        def _read_body(self) -> bytes | None:
-            length_text = self.headers.get("Content-Length")
-            try:
-                length = int(length_text) if length_text is not None else -1
-            except ValueError:
-                length = -1
-            if length < 0:
-                self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
-                return None
-            if length > MAX_BODY:
-                self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body larger than {MAX_BODY} bytes"})
-                return None
-            return self.rfile.read(length)
-
-        def _reply(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload, sort_keys=True).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("status API %s: %s", self.client_address[0], format % args)
-
-    return Handler
