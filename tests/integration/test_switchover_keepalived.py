@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,16 @@ from harness.keepalived import keepalived_available
 from harness.nodeconfig import node_config_dict, write_node_config
 from harness.switchoverlab import CLUSTER, SECRET, SwitchoverLab
 from mailcow_ha.cli import main
-from mailcow_ha.errors import ExitCode, Refused
+from mailcow_ha.errors import ExitCode, MailcowHaError, Refused
 from mailcow_ha.ops.status import fetch_snapshots
-from mailcow_ha.ops.switchover import Coordinator, SwitchoverFailed, SwitchoverTimings, plan_switchover
+from mailcow_ha.ops.switchover import (
+    Coordinator,
+    SwitchoverFailed,
+    SwitchoverPlan,
+    SwitchoverResult,
+    SwitchoverTimings,
+    plan_switchover,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -179,6 +187,41 @@ def test_automatic_failover_still_works(healthy_lab):
     assert new_master.promote_kinds[-1] == "failover"
     assert lab.timeline.max_serving_at_once() == 1
     master.failing = None
+
+
+def test_concurrent_switchovers_one_proceeds(healthy_lab):
+    lab = healthy_lab
+    master = lab.wait_master(5)
+    target = next(agent for agent in reversed(lab.agents) if agent is not master)
+    plans = [plan_switchover(fetch_snapshots(lab.client, lab.members()), target.name) for _ in range(2)]
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def run(plan: SwitchoverPlan) -> None:
+        coordinator = Coordinator(lab.client, requested_by="test", timings=TIMINGS)
+        start.wait(5)
+        try:
+            outcomes.append(coordinator.run(plan))
+        except MailcowHaError as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=run, args=(plan,)) for plan in plans]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    results = [outcome for outcome in outcomes if isinstance(outcome, SwitchoverResult)]
+    rejections = [outcome for outcome in outcomes if isinstance(outcome, Refused)]
+    assert len(results) == 1, outcomes
+    assert len(rejections) == 1, outcomes
+    assert "takes part in switchover" in str(rejections[0])
+    assert lab.wait_master(10) is target
+    assert target.promote_kinds[-1] == "switchover"
+    assert lab.timeline.max_serving_at_once() == 1
+    lab.wait_states({agent.name: "BACKUP" for agent in lab if agent is not target}, 10)
+    for agent in lab:
+        assert agent.participant.health_override() is None
 
 
 def write_lab_config(lab: SwitchoverLab, directory: Path) -> Path:

@@ -256,3 +256,65 @@ def test_failed_demote_clears_hold():
 
     assert "target is busy" in str(caught.value)
     assert part.health_override() is None
+
+
+def test_second_switchover_rejected_on_target():
+    clock = Clock()
+    part = participant(node(3), clock)
+    ran: list[str] = []
+    promote = part.wrap_promote(lambda token: ran.append("automatic"), lambda token: ran.append(token.trigger))
+    part.prepare({"id": "s1", "from": "node-1", "seconds": 30})
+
+    with pytest.raises(Refused) as caught:
+        part.prepare({"id": "s2", "from": "node-1", "seconds": 30})
+    part.release({"id": "s2"})
+    promote(CancelToken("keepalived reported MASTER"))
+
+    assert "node-3 takes part in switchover s1 for up to 30 s more" in str(caught.value)
+    assert ran == ["switchover from node-1 (s1)"]
+
+
+def test_second_switchover_cannot_move_hold():
+    part = participant(node(2), Clock())
+    part.hold({"id": "s1", "healthy": False, "reason": "kept out by s1", "seconds": 30})
+
+    with pytest.raises(Refused, match="switchover s1"):
+        part.hold({"id": "s2", "healthy": False, "reason": "kept out by s2", "seconds": 30})
+    with pytest.raises(Refused, match="switchover s1"):
+        part.prepare({"id": "s2", "from": "node-1", "seconds": 30})
+    part.release({"id": "s2"})
+
+    assert part.health_override() == (False, "kept out by s1")
+
+
+def test_step_down_rejected_during_other_switchover():
+    demoted: list[str] = []
+    part = participant(node(1, "MASTER"), Clock(), demoted.append)
+    part.hold({"id": "s1", "healthy": True, "reason": "held by s1", "seconds": 30})
+
+    with pytest.raises(Refused, match="switchover s1"):
+        part.step_down({"id": "s2", "to": "node-3", "seconds": 60})
+
+    assert demoted == []
+    assert part.health_override() == (True, "held by s1")
+
+
+def test_same_switchover_may_repeat_its_calls():
+    part = participant(node(3), Clock())
+
+    part.prepare({"id": "s1", "from": "node-1", "seconds": 30})
+    part.prepare({"id": "s1", "from": "node-1", "seconds": 30})
+    part.hold({"id": "s1", "healthy": False, "reason": "r", "seconds": 30})
+
+    assert part.health_override() == (False, "r")
+
+
+def test_expired_claim_allows_next_switchover():
+    clock = Clock()
+    part = participant(node(2), clock)
+    part.hold({"id": "s1", "healthy": False, "reason": "kept out by s1", "seconds": 10})
+    clock.now += 10
+
+    part.hold({"id": "s2", "healthy": False, "reason": "kept out by s2", "seconds": 10})
+
+    assert part.health_override() == (False, "kept out by s2")

@@ -179,6 +179,7 @@ class SwitchoverParticipant:
         if problem is not None:
             raise Refused(f"switchover {switchover_id} onto {self.node} rejected: {problem}")
         with self._lock:
+            self._reject_other_switchover(switchover_id)
             self._expectation = Expectation(switchover_id, source, self._clock() + seconds)
         log.info("switchover %s: %s expects to take over from %s", switchover_id, self.node, source)
         return {"node": self.node, "expecting": switchover_id}
@@ -214,8 +215,28 @@ class SwitchoverParticipant:
             log.info("switchover %s: released %s on %s", switchover_id, " and ".join(released), self.node)
         return {"node": self.node, "released": released}
 
+    def _reject_other_switchover(self, switchover_id: str) -> None:
+        """Raise Refused while this node takes part in another switchover; call with the lock held.
+
+        Two coordinators would otherwise overwrite each other's holds and expectation, and the
+        release of the one that fails would lift the holds the other still relies on.
+        """
+        now = self._clock()
+        claims = []
+        if self._hold is not None:
+            claims.append((self._hold.switchover_id, self._hold.until))
+        if self._expectation is not None:
+            claims.append((self._expectation.switchover_id, self._expectation.until))
+        for other, until in claims:
+            if other != switchover_id and until > now:
+                raise Refused(
+                    f"switchover {switchover_id} rejected: {self.node} takes part in switchover {other} for up to "
+                    f"{until - now:.0f} s more; wait for it to finish and check `mailcow-ha status`"
+                )
+
     def _set_hold(self, hold: Hold) -> None:
         with self._lock:
+            self._reject_other_switchover(hold.switchover_id)
             self._hold = hold
         verdict = "healthy" if hold.healthy else "unhealthy"
         log.info(
