@@ -99,3 +99,43 @@ def test_events_report_death(engine: Engine, project: MailcowProject, podman: Po
     assert die.service == "redis-mailcow"
     assert die.name == redis
     assert any(event.action == "start" for event in seen)
+
+
+def test_health_only_with_health_check(engine: Engine, podman: PodmanService) -> None:
+    # podman reports State.Health {"Status": ""} for a container without a health check; promote
+    # must not wait for a health status that never comes.
+    name = f"mcha{secrets.token_hex(4)}"
+    image = podman.tag_image(f"localhost/mailcow/{name}:test")
+    labels = {"com.docker.compose.project": name}
+    checks = {
+        "checked": {"test": ["CMD-SHELL", "true"], "interval": 1_000_000_000},
+        "unchecked": None,
+        "disabled": {"test": ["NONE"]},
+    }
+    try:
+        for service, healthcheck in checks.items():
+            extra = {} if healthcheck is None else {"healthcheck": healthcheck}
+            container = podman.client.create_container(
+                image,
+                name=f"{name}-{service}-1",
+                command=["sleep", "60"],
+                labels={**labels, "com.docker.compose.service": service},
+                host_config=podman.client.create_host_config(network_mode="none"),
+                **extra,
+            )
+            podman.client.start(container)
+        raw_health = podman.inspect(f"{name}-unchecked-1")["State"].get("Health")
+
+        found = {container.service: container for container in engine.project_containers(name)}
+        containers = ProjectContainers(engine, name, ["unchecked", "disabled"])
+        reason = containers.wait_ready(Deadline.after("ready", 10), lambda: None, threading.Event().wait)
+    finally:
+        podman.remove_project(name)
+
+    assert raw_health in (None, {"Status": "", "FailingStreak": 0, "Log": None})
+    assert found["unchecked"].health is None
+    assert found["disabled"].health is None
+    assert found["checked"].health == "starting"
+    assert found["unchecked"].ready
+    assert not found["checked"].ready
+    assert "running" in reason

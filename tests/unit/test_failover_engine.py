@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailcow_ha.adapters.engine import Engine, _container_event, container_info, parse_depends_on
 from mailcow_ha.errors import EngineError
 
-INSPECT = {
+INSPECT: dict[str, Any] = {
     "Id": "abc123",
     "Name": "/mailcowdockerized-postfix-mailcow-1",
     "RestartCount": 2,
@@ -21,6 +22,7 @@ INSPECT = {
             "com.docker.compose.depends_on": "unbound-mailcow:service_started:false,mysql-mailcow:service_healthy:true",
         },
         "StopTimeout": 30,
+        "Healthcheck": {"Test": ["CMD-SHELL", "/usr/local/bin/healthcheck.sh"], "Interval": 30_000_000_000},
     },
     "HostConfig": {"RestartPolicy": {"Name": "always"}},
 }
@@ -41,18 +43,44 @@ def test_container_info_from_inspect() -> None:
 
 @pytest.mark.parametrize("stop_timeout", [None, 0])
 def test_default_stop_timeout(stop_timeout: int | None) -> None:
-    data = {**INSPECT, "Config": {**INSPECT["Config"], "StopTimeout": stop_timeout}}  # type: ignore[dict-item]
+    data = {**INSPECT, "Config": {**INSPECT["Config"], "StopTimeout": stop_timeout}}
 
     assert container_info(data).stop_timeout == 10.0
 
 
 def test_no_healthcheck_means_ready_when_running() -> None:
-    data = {**INSPECT, "State": {"Status": "running"}}
+    config = {key: value for key, value in INSPECT["Config"].items() if key != "Healthcheck"}
+    data = {**INSPECT, "State": {"Status": "running"}, "Config": config}
 
     info = container_info(data)
 
     assert info.health is None
     assert info.ready
+
+
+@pytest.mark.parametrize(
+    "healthcheck",
+    [None, {}, {"Test": []}, {"Test": ["NONE"]}],
+    ids=["absent", "empty", "no-test", "disabled"],
+)
+def test_podman_empty_health_without_check(healthcheck: dict[str, object] | None) -> None:
+    # podman 4.3 reports State.Health = {"Status": ""} for every container, with or without a check.
+    config = {**INSPECT["Config"], "Healthcheck": healthcheck}
+    data = {**INSPECT, "State": {"Status": "running", "Health": {"Status": ""}}, "Config": config}
+
+    info = container_info(data)
+
+    assert info.health is None
+    assert info.ready
+
+
+def test_health_check_not_run_yet_is_starting() -> None:
+    data = {**INSPECT, "State": {"Status": "running", "Health": {"Status": ""}}}
+
+    info = container_info(data)
+
+    assert info.health == "starting"
+    assert not info.ready
 
 
 def test_depends_on_empty() -> None:

@@ -42,7 +42,8 @@ class ContainerInfo:
     status: str
     """State.Status: created, running, paused, restarting, removing, exited or dead."""
     health: str | None
-    """State.Health.Status (starting, healthy, unhealthy), or None without a health check."""
+    """State.Health.Status (starting, healthy, unhealthy), or None without a health check.
+    A container has one when its config defines a test (`Config.Healthcheck.Test`) other than NONE."""
     restart_policy: str
     restart_count: int
     exit_code: int
@@ -89,14 +90,13 @@ def container_info(data: dict[str, Any]) -> ContainerInfo:
     config = data.get("Config") or {}
     labels = config.get("Labels") or {}
     host_config = data.get("HostConfig") or {}
-    health = state.get("Health") or None
     stop_timeout = config.get("StopTimeout")
     return ContainerInfo(
         id=str(data.get("Id", "")),
         name=str(data.get("Name", "")).lstrip("/"),
         service=str(labels.get(SERVICE_LABEL, "")),
         status=str(state.get("Status", "unknown")),
-        health=None if health is None else str(health.get("Status") or "starting"),
+        health=_health_status(config, state),
         restart_policy=str((host_config.get("RestartPolicy") or {}).get("Name") or "no"),
         restart_count=int(data.get("RestartCount") or 0),
         exit_code=int(state.get("ExitCode") or 0),
@@ -106,6 +106,21 @@ def container_info(data: dict[str, Any]) -> ContainerInfo:
         if isinstance(stop_timeout, int | float) and stop_timeout > 0
         else DEFAULT_STOP_TIMEOUT,
     )
+
+
+def has_healthcheck(config: dict[str, Any]) -> bool:
+    """Return whether a container's `Config` defines a health check (a Test other than NONE)."""
+    test = (config.get("Healthcheck") or {}).get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
+def _health_status(config: dict[str, Any], state: dict[str, Any]) -> str | None:
+    # podman 4.3 reports State.Health = {"Status": ""} for a container without a health check,
+    # so only the container's config shows whether it has one.
+    if not has_healthcheck(config):
+        return None
+    health = state.get("Health") or {}
+    return str(health.get("Status") or "starting")
 
 
 class EventStream:
