@@ -290,11 +290,83 @@ def test_checkpoint_stops_before_mutation(env, cluster):
 def test_checkpoint_before_every_mutation(env, cluster):
     calls = []
 
+    def checkpoint():
+        calls.append(sum(mutations(env, mark).values()))
+
+    mark = env.fake.requests.mark()
     adapter(env, cluster).move_volume_here(
-        cluster.volume_id, cluster.server_ids[1], Deadline.after("move", 5), lambda: calls.append(1)
+        cluster.volume_id, cluster.server_ids[1], Deadline.after("move", 5), checkpoint
     )
 
-    assert len(calls) == 2
+    # One call before the detach and one before the attach, each seeing the mutations sent so far;
+    # the calls between polls of the running actions come after them.
+    assert calls[0] == 0
+    assert 1 in calls
+    assert sum(mutations(env, mark).values()) == 2
+
+
+def test_checkpoint_between_action_polls(env, cluster):
+    # An action that never ends: the checkpoint runs between polls, so a newer state stops the
+    # wait long before the step's deadline.
+    env.fake.inject(operation="volume.attach", action="never")
+    env.fake.set_volume_server(cluster.volume_id, None)
+    polls = []
+
+    def checkpoint():
+        polls.append(time.monotonic())
+        if len(polls) > 3:
+            raise Superseded("BACKUP arrived")
+
+    # Without the checkpoint between polls, the wait would end in DeadlineExceeded after 30 s.
+    with pytest.raises(Superseded):
+        adapter(env, cluster).move_volume_here(
+            cluster.volume_id, cluster.server_ids[1], Deadline.after("move", 30), checkpoint
+        )
+
+    assert len(polls) == 4
+
+
+def test_before_detach_runs_once_before_detach(env, cluster):
+    seen = []
+
+    def before_detach(holder, deadline):
+        seen.append((holder, sum(mutations(env, mark).values()), deadline.remaining() > 0))
+
+    mark = env.fake.requests.mark()
+    adapter(env, cluster).move_volume_here(
+        cluster.volume_id, cluster.server_ids[1], Deadline.after("move", 5), no_supersede, before_detach
+    )
+
+    assert seen == [(cluster.server_ids[0], 0, True)]
+    assert env.fake.volumes[cluster.volume_id].server == cluster.server_ids[1]
+
+
+def test_before_detach_not_run_without_holder(env, cluster):
+    env.fake.set_volume_server(cluster.volume_id, None)
+    seen = []
+
+    adapter(env, cluster).move_volume_here(
+        cluster.volume_id,
+        cluster.server_ids[1],
+        Deadline.after("move", 5),
+        no_supersede,
+        lambda holder, deadline: seen.append(holder),
+    )
+
+    assert seen == []
+
+
+def test_before_detach_can_stop_move(env, cluster):
+    def superseded(holder, deadline):
+        raise Superseded("BACKUP arrived while waiting for the holder")
+
+    mark = env.fake.requests.mark()
+    with pytest.raises(Superseded):
+        adapter(env, cluster).move_volume_here(
+            cluster.volume_id, cluster.server_ids[1], Deadline.after("move", 5), no_supersede, superseded
+        )
+
+    assert mutations(env, mark) == {}
 
 
 def test_parallel_assign_and_move(env, cluster):

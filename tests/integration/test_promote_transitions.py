@@ -123,6 +123,33 @@ def test_hung_cloud_call_ends_at_deadline(podman: PodmanService) -> None:
         failover.close()
 
 
+def test_backup_stops_never_ending_action(podman: PodmanService) -> None:
+    # The attach action stays running for ever. A BACKUP that arrives meanwhile stops the promote
+    # at the next poll of the action, long before the cloud step's deadline, and the demote runs.
+    with failover_node(podman, overrides={"deadlines.cloud_step": 60.0}) as node:
+        node.env.fake.inject(operation="volume.attach", action="never")
+        outcomes: list[TransitionOutcome] = []
+        failover = node.failover()
+        runner = build_runner(node.config, failover, on_outcome=outcomes.append)
+        mark = node.env.fake.requests.mark()
+
+        def attach_running() -> bool:
+            return node.env.fake.requests.counts(mark).get("POST /volumes/{id}/actions/attach", 0) == 1
+
+        runner.submit(VrrpState.MASTER)
+        wait_for(attach_running, 30, "the attach request")
+        runner.submit(VrrpState.BACKUP)
+
+        assert runner.wait_idle(15)
+        assert [outcome.result for outcome in outcomes] == [TransitionResult.SUPERSEDED, TransitionResult.SUCCEEDED]
+        promote = next(record for record in node.history() if record.kind is RecordKind.FAILOVER)
+        attach = next(step for step in promote.steps if step.name == "volume attach")
+        assert attach.outcome == "superseded"
+        assert_released(node)
+        assert runner.close(10)
+        failover.close()
+
+
 def test_backup_during_health_wait(node: FailoverNode) -> None:
     outcomes: list[TransitionOutcome] = []
     failover = node.failover()

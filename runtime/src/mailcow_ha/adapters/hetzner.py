@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Checkpoint = Callable[[], None]
+BeforeDetach = Callable[[int, Deadline], None]
+"""Called with the holder's server id before the volume is detached from it; may wait, or raise to stop."""
 
 MAX_DETACHES = 3
 """Detaches of the shared volume in one move; more means another node keeps attaching it."""
@@ -170,7 +172,7 @@ class HetznerCloud:
         """Assign every configured floating IP to `server_id` and wait for the actions.
 
         Floating IPs already there are left alone. `checkpoint()` runs before every assign and
-        may raise (Superseded) to stop the step; that propagates.
+        between two polls of an action, and may raise (Superseded) to stop the step; that propagates.
         """
         attempt = 0
         while True:
@@ -182,20 +184,32 @@ class HetznerCloud:
             try:
                 actions = [(fip_id, self._assign(fip_id, server_id, deadline, checkpoint)) for fip_id in pending]
                 for fip_id, action in actions:
-                    self._wait_action(action, f"assign floating IP {fip_id} to server {server_id}", deadline)
+                    self._wait_action(
+                        action, f"assign floating IP {fip_id} to server {server_id}", deadline, checkpoint
+                    )
             except _ApiFailure as failure:
                 self._back_off(failure, attempt, deadline)
                 attempt += 1
 
-    def move_volume_here(self, volume_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None:
+    def move_volume_here(
+        self,
+        volume_id: int,
+        server_id: int,
+        deadline: Deadline,
+        checkpoint: Checkpoint,
+        before_detach: BeforeDetach | None = None,
+    ) -> None:
         """Attach `volume_id` to `server_id`, detaching it from another server first.
 
-        After a detach it re-reads the volume until the API shows it unattached. It returns once
-        the API shows the volume on `server_id`. `checkpoint()` runs before every detach and attach.
+        Before the first detach from a server, `before_detach(holder, deadline)` runs, so that the
+        caller can wait until the holder released the volume. After a detach it re-reads the
+        volume until the API shows it unattached. It returns once the API shows the volume on
+        `server_id`. `checkpoint()` runs before every detach and attach and between two polls.
         """
         attempt = 0
         detaches = 0
         rejections = 0
+        asked: set[int] = set()
         while True:
             holder = self._volume_holder(volume_id, deadline)
             step, reason = decide_volume_step(volume_id, holder, server_id)
@@ -205,6 +219,9 @@ class HetznerCloud:
             try:
                 if step is VolumeStep.DETACH:
                     assert holder is not None
+                    if before_detach is not None and holder not in asked:
+                        asked.add(holder)
+                        before_detach(holder, deadline)
                     self._detach(volume_id, holder, detaches, deadline, checkpoint)
                     detaches += 1
                 else:
@@ -268,17 +285,18 @@ class HetznerCloud:
         action = self._mutate(
             operation, lambda client: client.volumes.detach(Volume(id=volume_id)), deadline, checkpoint
         )
-        self._wait_action(action, operation, deadline)
+        self._wait_action(action, operation, deadline, checkpoint)
         while self._volume_holder(volume_id, deadline) == holder:
             log.info("volume %s still shows server %s after the detach; reading it again", volume_id, holder)
             self._pause(self._settings.poll_interval, deadline, f"volume {volume_id} to show no server")
+            checkpoint()
 
     def _attach(self, volume_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None:
         def call(client: hcloud.Client) -> BoundAction:
             return client.volumes.attach(Volume(id=volume_id), Server(id=server_id), automount=False)
 
         operation = f"attach volume {volume_id} to server {server_id}"
-        self._wait_action(self._mutate(operation, call, deadline, checkpoint), operation, deadline)
+        self._wait_action(self._mutate(operation, call, deadline, checkpoint), operation, deadline, checkpoint)
 
     def _assign(self, fip_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> BoundAction:
         def call(client: hcloud.Client) -> BoundAction:
@@ -294,11 +312,16 @@ class HetznerCloud:
     def _volume_holder(self, volume_id: int, deadline: Deadline) -> int | None:
         return self.volume(volume_id, deadline).server_id
 
-    def _wait_action(self, action: BoundAction, operation: str, deadline: Deadline) -> None:
-        """Poll an action until it ends; raise CloudError when it ends in error."""
+    def _wait_action(self, action: BoundAction, operation: str, deadline: Deadline, checkpoint: Checkpoint) -> None:
+        """Poll an action until it ends; raise CloudError when it ends in error.
+
+        `checkpoint()` runs between two polls, so a newer keepalived state stops the wait within
+        one poll interval. The action itself goes on in the API.
+        """
         action_id = int(action.id)
         while action.status == "running":
             self._pause(self._settings.poll_interval, deadline, f"action {action_id} ({operation})")
+            checkpoint()
             try:
                 action = self._read(
                     f"read action {action_id}", lambda client: client.actions.get_by_id(action_id), deadline
