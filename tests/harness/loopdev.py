@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import secrets
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -82,6 +84,51 @@ def _run(*argv: str) -> str:
 
 def device_number(device: Path) -> int:
     return os.stat(device).st_rdev
+
+
+_LOOP_SET_STATUS64 = 0x4C04
+_LOOP_GET_STATUS64 = 0x4C05
+_LOOP_INFO64_SIZE = 232
+_SIZELIMIT_OFFSET = 32
+"""Offset of `lo_sizelimit` in `struct loop_info64` (after lo_device, lo_inode, lo_rdevice, lo_offset)."""
+_UNPLUGGED_SIZE = 512
+
+
+def unplug_loop_device(device: str | Path) -> None:
+    """Shrink a loop device to its first sector, so that every later I/O beyond it fails.
+
+    The node that has it sees what a hot-unplugged disk looks like: a mounted ext4 aborts its
+    journal, and neither the unmount nor kmmpd can write to the disk any more.
+    """
+    descriptor = os.open(device, os.O_RDONLY)
+    try:
+        info = bytearray(_LOOP_INFO64_SIZE)
+        fcntl.ioctl(descriptor, _LOOP_GET_STATUS64, info)
+        struct.pack_into("Q", info, _SIZELIMIT_OFFSET, _UNPLUGGED_SIZE)
+        fcntl.ioctl(descriptor, _LOOP_SET_STATUS64, bytes(info))
+    finally:
+        os.close(descriptor)
+
+
+def lose_while_mounted(device: Path, mount_point: Path, files: dict[str, str]) -> None:
+    """Mount `device`, write and sync `files`, then unplug the device and unmount it.
+
+    This is a node that lost the volume with the file system mounted (a crash, a power-off, a
+    detach before its unmount): the synced files are on the disk, the journal needs recovery,
+    and the MMP block stays active with this kernel's host name in it.
+    """
+    mount_point.mkdir(parents=True, exist_ok=True)
+    _run("mount", "-t", "ext4", str(device), str(mount_point))
+    try:
+        for name, text in files.items():
+            path = mount_point / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        _run("sync", "-f", str(mount_point))
+        unplug_loop_device(device)
+    finally:
+        # The unmount succeeds but cannot write the clean MMP sequence to the unplugged device.
+        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=_TOOL_TIMEOUT, check=False)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService, dump_state
 from mailcow_ha import state
 from mailcow_ha.adapters import blockdev
+from mailcow_ha.agent.membership import Member, Membership
 from mailcow_ha.alert_events import AlertEvent
 from mailcow_ha.errors import BlockDeviceError, CloudError, DeadlineExceeded, Refused
 from mailcow_ha.failover.history import FailoverRecord, RecordKind, RecordOutcome, read_failover_start
@@ -479,4 +480,23 @@ def test_server_id_looked_up_by_name(podman: PodmanService) -> None:
         assert record.outcome is RecordOutcome.SUCCEEDED
         assert node.volume_holder() == node.server_id
         assert node.env.fake.requests.counts(mark).get("GET /servers", 0) == 1
+        failover.close()
+
+
+def test_server_id_read_from_members(podman: PodmanService) -> None:
+    # The membership sync stored this server's id, so promote needs no API request to learn it.
+    with failover_node(podman, overrides={"hetzner.server_id": None}) as node:
+        members = (Member(1, node.config.node.name, node.cluster.private_ips[0], node.server_id),)
+        state.write_json(
+            node.config.paths.state_dir / state.MEMBERS_FILE, Membership(members, node.server_id, "api", 0.0).to_json()
+        )
+        mark = node.env.fake.requests.mark()
+        failover = node.failover()
+
+        with node.health_driver():
+            record = failover.promoter.run(master_token())
+
+        assert record.outcome is RecordOutcome.SUCCEEDED
+        assert node.volume_holder() == node.server_id
+        assert node.env.fake.requests.counts(mark).get("GET /servers", 0) == 0
         failover.close()

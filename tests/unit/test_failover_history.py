@@ -15,6 +15,7 @@ from mailcow_ha.failover.history import (
     RecordOutcome,
     StepLog,
     StepOutcome,
+    StepTiming,
     read_failover_start,
     write_failover_start,
 )
@@ -116,6 +117,29 @@ def test_step_log_enter_called_first() -> None:
 
     with steps.step("device", entered.append):
         assert entered == ["device"]
+
+
+def test_step_detail_stored_and_read_back(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path)
+    steps = StepLog(clock=iter([0.0, 0.5]).__next__)
+    with steps.step("multi-mount protection") as note:
+        note.detail = "clear: cluster member mailcow-2 left the MMP block active"
+    steps.add(StepTiming("release wait", 0.4, detail="released: mailcow-2 reports the volume unmounted"))
+    record = store.start(RecordKind.FAILOVER, "node-1", "keepalived reported MASTER")
+
+    finished = store.finish(record, RecordOutcome.SUCCEEDED, steps.steps)
+
+    assert store.read().records == [finished]
+    assert [step.detail for step in finished.steps] == [
+        "clear: cluster member mailcow-2 left the MMP block active",
+        "released: mailcow-2 reports the volume unmounted",
+    ]
+    assert "released: mailcow-2" in steps.durations()["release wait"]
+
+
+def test_step_without_detail_has_no_detail_key() -> None:
+    assert "detail" not in StepTiming("mount", 0.1).to_json()
+    assert StepTiming.from_json({"name": "mount", "seconds": 0.1, "outcome": "ok"}).detail is None
 
 
 def test_failover_start_round_trip(tmp_path: Path) -> None:

@@ -161,6 +161,15 @@ class DeadlineSettings(_Section):
     """Syncing and unmounting the shared volume at demote."""
     promote: Seconds = 480.0
     """The whole promote; it cuts every step's own deadline short."""
+    release_wait: Annotated[float, Field(ge=0, le=600)] = 5.0
+    """How long promote waits for the volume's holder to report the volume unmounted before it
+    detaches the volume anyway. A clean release lets the next mount skip multi-mount protection's
+    wait and loses nothing the old master had not yet written to the disk. The default allows a
+    demote ten times slower than the lab's (0.4 s from the fault to the unmount), and it is all that
+    a holder which responds but never releases the volume can add to a failover. 0 detaches at once."""
+    release_request: Seconds = 0.5
+    """Connect and read timeout of one status request to the volume's holder during that wait. A
+    response on the private network takes milliseconds, and a powered-off holder costs this long."""
     engine_request: Seconds = 30.0
     """Read timeout of one Docker API request (a stop request also gets the container's stop timeout)."""
     transition_lock: Seconds = 60.0
@@ -174,6 +183,10 @@ class VolumeSettings(_Section):
     """Options passed to mount with `-o`; the file system type is always ext4."""
     require_mmp: bool = True
     """Reject a volume without ext4 multi-mount protection, which `mailcow-ha init-data` turns on."""
+    mmp_node_names: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+    """Host names, besides the members' node names, that the MMP block may show for a node of this
+    cluster. The kernel writes its host name there, which is the node name on a node that cloud-init
+    set up. Promote clears a stale MMP block only when a member or one of these names wrote it."""
 
 
 class BreakerSettings(_Section):

@@ -239,8 +239,8 @@ def mounts_of(device_number: int, entries: Iterable[MountEntry]) -> list[MountEn
 def mount(device: BlockDevice, mount_point: Path, *, fstype: str, options: str, timeout: float) -> None:
     """Mount `device` on `mount_point` with an explicit type and options, then verify it in mountinfo.
 
-    ext4 with multi-mount protection makes mount wait about two MMP check intervals when the
-    previous holder did not unmount cleanly, so `timeout` must allow for that.
+    ext4 with multi-mount protection makes mount wait 2 * (2 * check interval + 1) s when the
+    MMP block is active (see ext4mmp), so `timeout` must allow for that.
     """
     argv = ["mount", "-t", fstype, "-o", options, str(device.real_path), str(mount_point)]
     result = run_tool(argv, action=f"mounting {device.describe()} on {mount_point}", timeout=timeout)

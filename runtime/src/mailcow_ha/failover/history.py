@@ -70,13 +70,31 @@ class StepTiming:
     name: str
     seconds: float
     outcome: StepOutcome = StepOutcome.OK
+    detail: str | None = None
+    """The way the step ended, for a step that can end in several ways (the release wait, the MMP check)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "seconds": round(self.seconds, 4), "outcome": str(self.outcome)}
+        data: dict[str, Any] = {"name": self.name, "seconds": round(self.seconds, 4), "outcome": str(self.outcome)}
+        if self.detail is not None:
+            data["detail"] = self.detail
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepTiming:
-        return cls(str(data["name"]), float(data["seconds"]), StepOutcome(data["outcome"]))
+        detail = data.get("detail")
+        return cls(
+            str(data["name"]),
+            float(data["seconds"]),
+            StepOutcome(data["outcome"]),
+            None if detail is None else str(detail),
+        )
+
+
+@dataclass
+class StepNote:
+    """A running step's report of the way it ended; StepLog stores it with the step's timing."""
+
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -271,24 +289,32 @@ class StepLog:
                 self.failed_step = timing.name
 
     @contextmanager
-    def step(self, name: str, enter: Callable[[str], None] | None = None) -> Iterator[None]:
-        """Time the block as step `name`; `enter(name)` runs first (a CancelToken's enter_step)."""
+    def step(self, name: str, enter: Callable[[str], None] | None = None) -> Iterator[StepNote]:
+        """Time the block as step `name`; `enter(name)` runs first (a CancelToken's enter_step).
+
+        The block may set the yielded note's `detail`, which is stored with the timing.
+        """
         if enter is not None:
             enter(name)
+        note = StepNote()
         started = self._clock()
         try:
-            yield
+            yield note
         except Superseded:
-            self.add(StepTiming(name, self._clock() - started, StepOutcome.SUPERSEDED))
+            self.add(StepTiming(name, self._clock() - started, StepOutcome.SUPERSEDED, note.detail))
             raise
         except BaseException:
-            self.add(StepTiming(name, self._clock() - started, StepOutcome.FAILED))
+            self.add(StepTiming(name, self._clock() - started, StepOutcome.FAILED, note.detail))
             raise
-        self.add(StepTiming(name, self._clock() - started))
+        self.add(StepTiming(name, self._clock() - started, detail=note.detail))
 
     def durations(self) -> dict[str, str]:
-        """Return step name -> seconds formatted for an alert's details."""
-        return {timing.name: f"{timing.seconds:.2f} s ({timing.outcome})" for timing in self.steps}
+        """Return step name -> seconds (and detail) formatted for an alert's details."""
+        formatted = {}
+        for timing in self.steps:
+            detail = "" if timing.detail is None else f"; {timing.detail}"
+            formatted[timing.name] = f"{timing.seconds:.2f} s ({timing.outcome}{detail})"
+        return formatted
 
 
 def write_failover_start(state_dir: Path, started_at: float, record_id: str) -> None:

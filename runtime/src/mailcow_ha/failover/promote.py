@@ -4,9 +4,12 @@ Steps, in order (each timed into the history record):
 1. still master: the cancel token is checked before every step and every cloud call;
 2. circuit breaker (failover.breaker);
 3. record the failover start (the health check's grace period counts from it) and alert;
-4. in parallel threads: assign the floating IPs here, and move the shared volume here;
-5. wait for the volume's device, check it is ext4 (never format), mount it, and check the marker
-   file and the compose project's data (failover.storage);
+4. in parallel threads: assign the floating IPs here, and move the shared volume here. Before
+   the volume is detached from its holder, wait (bounded) until the holder reports it unmounted
+   (failover.release);
+5. wait for the volume's device, check it is ext4 (never format), clear a stale MMP block that a
+   node of this cluster left (failover.mmpclear), mount it, and check the marker file and the
+   compose project's data (failover.storage);
 6. start the project's containers and wait until every critical one runs and is healthy;
 7. alert success with the measured durations.
 
@@ -43,12 +46,15 @@ from mailcow_ha.failover.history import (
     StepTiming,
     write_failover_start,
 )
+from mailcow_ha.failover.release import ReleaseWaiter
 from mailcow_ha.failover.storage import SharedVolume
 from mailcow_ha.failover.transitions import CancelToken, TransitionResult, classify_error
 
 log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[], None]
+BeforeDetach = Callable[[int, Deadline], None]
+StoredServerId = Callable[[], "int | None"]
 
 
 class CloudOperations(Protocol):
@@ -56,7 +62,14 @@ class CloudOperations(Protocol):
 
     def assign_floating_ips(self, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None: ...
 
-    def move_volume_here(self, volume_id: int, server_id: int, deadline: Deadline, checkpoint: Checkpoint) -> None: ...
+    def move_volume_here(
+        self,
+        volume_id: int,
+        server_id: int,
+        deadline: Deadline,
+        checkpoint: Checkpoint,
+        before_detach: BeforeDetach | None = None,
+    ) -> None: ...
 
     def server_id_by_name(self, name: str, deadline: Deadline) -> int: ...
 
@@ -87,11 +100,17 @@ class Promoter:
         breaker: CircuitBreaker,
         history: HistoryStore,
         alerter: Alerter,
+        release: ReleaseWaiter | None = None,
+        stored_server_id: StoredServerId | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
+        """`release` waits for the volume's holder before a detach (None detaches at once).
+        `stored_server_id` returns this server's id as the membership sync stored it, or None."""
         self._config = config
         self._cloud = cloud
+        self._release = release
+        self._stored_server_id = stored_server_id
         self._volume = volume
         self._containers = containers
         self._demoter = demoter
@@ -162,10 +181,15 @@ class Promoter:
             device = self._volume.wait_for_device(total.sooner("the volume's device", deadlines.device), token.check)
 
         with steps.step("file system check", token.enter_step):
-            self._volume.check_filesystem(device, total.sooner("probing the volume", deadlines.mount))
+            probe = self._volume.check_filesystem(device, total.sooner("probing the volume", deadlines.mount))
+
+        with steps.step("multi-mount protection", token.enter_step) as note:
+            mmp = self._volume.settle_mmp(device, probe, total.sooner("checking the MMP block", deadlines.mount))
+            note.detail = f"{mmp.action}: {mmp.reason}"
 
         with steps.step("mount", token.enter_step):
-            self._volume.mount(device, total.sooner("mounting the volume", deadlines.mount))
+            # An MMP block that promote did not clear makes the kernel wait before it mounts.
+            self._volume.mount(device, total.sooner("mounting the volume", deadlines.mount + mmp.kernel_wait))
 
         with steps.step("marker", token.enter_step):
             self._volume.check_contents()
@@ -178,9 +202,20 @@ class Promoter:
             self._containers.wait_ready(containers_deadline, token.check, token.wait)
 
     def _resolve_server_id(self, deadline: Deadline) -> int:
-        if self._server_id is None:
-            self._server_id = self._cloud.server_id_by_name(self._config.node.name, deadline)
-            log.info("this server %s has id %d", self._config.node.name, self._server_id)
+        """Return this server's id: from the node config, else as the membership sync stored it, else the API's."""
+        if self._server_id is not None:
+            return self._server_id
+        name = self._config.node.name
+        if self._stored_server_id is not None:
+            try:
+                self._server_id = self._stored_server_id()
+            except MailcowHaError as error:
+                log.warning("the stored members could not be read for this server's id: %s", error)
+            if self._server_id is not None:
+                log.info("this server %s has id %d (from the stored members)", name, self._server_id)
+                return self._server_id
+        self._server_id = self._cloud.server_id_by_name(name, deadline)
+        log.info("this server %s has id %d (looked up in the API)", name, self._server_id)
         return self._server_id
 
     def _move_cloud_resources(self, server_id: int, token: CancelToken, total: Deadline, steps: StepLog) -> None:
@@ -207,6 +242,9 @@ class Promoter:
                 raise
             steps.add(StepTiming(name, self._clock() - started))
 
+        def before_detach(holder: int, deadline: Deadline) -> None:
+            self._wait_for_release(holder, deadline, checkpoint, steps)
+
         fip_deadline = total.sooner(f"assigning the floating IPs ({seconds:g} s)", seconds)
         volume_deadline = total.sooner(f"moving volume {volume_id} ({seconds:g} s)", seconds)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="promote-cloud") as pool:
@@ -217,7 +255,9 @@ class Promoter:
                 pool.submit(
                     timed,
                     "volume attach",
-                    lambda: self._cloud.move_volume_here(volume_id, server_id, volume_deadline, checkpoint),
+                    lambda: self._cloud.move_volume_here(
+                        volume_id, server_id, volume_deadline, checkpoint, before_detach
+                    ),
                 ),
             ]
         errors = [error for error in (future.exception() for future in futures) if error is not None]
@@ -229,6 +269,16 @@ class Promoter:
             raise causes[0]
         if causes:
             raise CloudError("; ".join(str(error) for error in causes))
+
+    def _wait_for_release(self, holder: int, deadline: Deadline, checkpoint: Checkpoint, steps: StepLog) -> None:
+        """Wait until server `holder` released the volume (bounded by `deadlines.release_wait`); record how it ended."""
+        seconds = self._config.deadlines.release_wait
+        if self._release is None or seconds <= 0:
+            return
+        volume_id = self._config.hetzner.shared_volume_id
+        wait_deadline = deadline.sooner(f"waiting for server {holder} to release volume {volume_id}", seconds)
+        result = self._release.wait(holder, wait_deadline, checkpoint)
+        steps.add(StepTiming("release wait", result.seconds, detail=f"{result.outcome}: {result.reason}"))
 
     # --- breaker, history, failure --------------------------------------------------------------
 

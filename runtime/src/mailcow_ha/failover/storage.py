@@ -4,9 +4,10 @@ Taking it never formats and never writes to the volume. The checks run in this o
 nothing starts on an empty directory of the root disk or on another cluster's data:
 1. the by-id device `scsi-0HC_Volume_<id>` resolves to a block device;
 2. blkid finds ext4 on it (and ext4 multi-mount protection, unless `volume.require_mmp` is off);
-3. it is mounted on the mount point with explicit options, as the kernel's mount table shows;
-4. the marker file names this cluster and this volume;
-5. the compose project's data directory `<mount>/<project name>/` exists.
+3. a stale MMP block is cleared when a node of this cluster left it (failover.mmpclear);
+4. it is mounted on the mount point with explicit options, as the kernel's mount table shows;
+5. the marker file names this cluster and this volume;
+6. the compose project's data directory `<mount>/<project name>/` exists.
 
 Releasing it stops every process that keeps the file system busy (SIGTERM, then SIGKILL),
 syncs, unmounts, and verifies with the mount table that no mount of it is left.
@@ -18,16 +19,17 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailcow_ha.adapters import blockdev
+from mailcow_ha.adapters import blockdev, ext4mmp
 from mailcow_ha.adapters.blockdev import BlockDevice, FilesystemProbe, MountEntry
 from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Clock, Deadline
-from mailcow_ha.errors import BlockDeviceError, Refused
+from mailcow_ha.errors import BlockDeviceError, MailcowHaError, Refused
 from mailcow_ha.failover.marker import MARKER_DIR, VolumeMarker, marker_path, marker_problem, read_marker
+from mailcow_ha.failover.mmpclear import MmpAction, MmpDecision, decide_mmp
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +113,19 @@ class SharedVolume:
     """The shared data volume's device and mount point on this node."""
 
     def __init__(
-        self, config: NodeConfig, *, clock: Clock = time.monotonic, sleep: Callable[[float], object] = time.sleep
+        self,
+        config: NodeConfig,
+        *,
+        member_names: Callable[[], Collection[str]] | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
     ):
+        """`member_names` returns the cluster's members as last learned (default: the config's peers)."""
         self.device_path = config.volume_device
         self.mount_point = config.paths.mount_point
+        self._node_name = config.node.name
+        self._extra_mmp_names = tuple(config.volume.mmp_node_names)
+        self._member_names = member_names or (lambda: [peer.name for peer in config.peers])
         self._cluster = config.cluster
         self._volume_id = config.hetzner.shared_volume_id
         self._project_name = config.mailcow.project_name
@@ -157,6 +168,40 @@ class SharedVolume:
             "mmp" in probe.features,
         )
         return probe
+
+    def settle_mmp(self, device: BlockDevice, probe: FilesystemProbe, deadline: Deadline) -> MmpDecision:
+        """Read the MMP block and clear it when a node of this cluster left it active; return the decision.
+
+        Call it only once the API shows the volume attached to this server. Raises VolumeRejected
+        while e2fsck has the file system open.
+        """
+        has_mmp = "mmp" in probe.features
+        block = ext4mmp.read_mmp(device.real_path, timeout=deadline.remaining()) if has_mmp else None
+        try:
+            members = list(self._member_names())
+        except MailcowHaError as error:
+            log.warning("the stored members could not be read, so only this node's names count as its own: %s", error)
+            members = []
+        names = {*members, *self._extra_mmp_names}
+        decision = decide_mmp(block, has_mmp=has_mmp, own_name=self._node_name, cluster_names=names)
+        if decision.action is MmpAction.KERNEL_CHECK:
+            log.warning("shared volume %s: %s", device.path, decision.reason)
+        else:
+            log.info("shared volume %s: %s", device.path, decision.reason)
+        if decision.action is MmpAction.REJECT:
+            raise VolumeRejected(f"shared volume {device.describe()} rejected: {decision.reason}")
+        if decision.action is MmpAction.CLEAR:
+            assert block is not None
+            ext4mmp.clear_mmp(device.real_path, timeout=deadline.remaining())
+            cleared = ext4mmp.read_mmp(device.real_path, timeout=deadline.remaining())
+            if cleared is None or cleared.state is not ext4mmp.MmpState.CLEAN:
+                found = "no MMP block" if cleared is None else cleared.describe()
+                raise BlockDeviceError(
+                    f"clearing the MMP block of {device.describe()} did not take effect ({found}); "
+                    "check the device with `dumpe2fs -h`"
+                )
+            log.info("cleared the stale MMP block of %s (was %s)", device.path, block.describe())
+        return decision
 
     def mount(self, device: BlockDevice, deadline: Deadline) -> bool:
         """Mount the volume unless it is already mounted here; return whether this call mounted it."""

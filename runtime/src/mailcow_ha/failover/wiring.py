@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from mailcow_ha.adapters.engine import Engine
 from mailcow_ha.adapters.hetzner import HetznerCloud
+from mailcow_ha.agent.membership import load_membership
+from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.alert_events import Alerter
 from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Clock
@@ -24,6 +26,7 @@ from mailcow_ha.failover.demote import Demoter
 from mailcow_ha.failover.history import HistoryStore, RecordKind
 from mailcow_ha.failover.lock import TransitionLock
 from mailcow_ha.failover.promote import CloudOperations, Promoter
+from mailcow_ha.failover.release import Holder, HolderReport, ReleaseWaiter
 from mailcow_ha.failover.storage import SharedVolume
 from mailcow_ha.failover.transitions import CancelToken, OutcomeCallback, TransitionRunner
 
@@ -68,7 +71,7 @@ def build_failover(
     state_dir = config.paths.state_dir
     history = HistoryStore(state_dir, clock=wall_clock)
     breaker = CircuitBreaker(state_dir, config.breaker, history, alerter, clock=wall_clock)
-    volume = SharedVolume(config, clock=clock)
+    volume = SharedVolume(config, member_names=lambda: member_names(config), clock=clock)
     containers = ProjectContainers(engine, config.mailcow.project_name, config.mailcow.critical_services)
     demoter = Demoter(config, volume=volume, containers=containers, history=history, alerter=alerter, clock=clock)
     promoter = Promoter(
@@ -80,10 +83,42 @@ def build_failover(
         breaker=breaker,
         history=history,
         alerter=alerter,
+        release=build_release_waiter(config, clock=clock),
+        stored_server_id=lambda: load_membership(config).server_id,
         clock=clock,
         wall_clock=wall_clock,
     )
     return Failover(config, promoter, demoter, breaker, history, engine)
+
+
+def member_names(config: NodeConfig) -> list[str]:
+    """Return the names of the cluster's members as last learned (members.json, else the config's peers)."""
+    return [member.name for member in load_membership(config).members]
+
+
+def build_release_waiter(config: NodeConfig, *, clock: Clock = time.monotonic) -> ReleaseWaiter:
+    """Return the release wait, which requests the holder's state from the holder's status API."""
+
+    def locate(server_id: int) -> Holder | None:
+        for member in load_membership(config).members:
+            if member.server_id == server_id:
+                return Holder(server_id, member.name, member.private_ip)
+        return None
+
+    def fetch(holder: Holder, timeout: float) -> HolderReport:
+        client = StatusClient.from_config(config, timeout=timeout)
+        snapshot = client.status(holder.address, node=holder.name)
+        transition = snapshot.transition
+        return HolderReport(
+            node=snapshot.node,
+            mounted=None if snapshot.mount is None else snapshot.mount.mounted,
+            vrrp_state=snapshot.vrrp_state,
+            transition_running=None if transition is None else transition.running,
+            last_state=None if transition is None else transition.last_state,
+            last_outcome=None if transition is None else transition.last_outcome,
+        )
+
+    return ReleaseWaiter(locate=locate, fetch=fetch, request_timeout=config.deadlines.release_request, clock=clock)
 
 
 def build_runner(

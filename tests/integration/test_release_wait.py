@@ -1,0 +1,247 @@
+"""The wait for the volume's holder before a detach, against a peer status API on loopback.
+
+The peer is the agent's own StatusApi server on 127.0.0.1 with a scripted snapshot: the holder
+whose demote is still unmounting the volume, then has unmounted it. members.json maps the
+holder's server id to that address, as a membership sync stores it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from harness.failovernode import FailoverNode, failover_node, master_token
+from harness.loopdev import private_mount_namespace
+from harness.nodeconfig import deep_update, node_config_dict
+from harness.podman import PodmanService
+from mailcow_ha import state
+from mailcow_ha.agent.membership import Member, Membership
+from mailcow_ha.agent.snapshot import MountSnapshot, NodeSnapshot, TransitionSnapshot
+from mailcow_ha.agent.statusapi import StatusApi
+from mailcow_ha.config import NodeConfig, parse_config
+from mailcow_ha.deadline import Deadline
+from mailcow_ha.errors import Superseded
+from mailcow_ha.failover.history import RecordOutcome
+from mailcow_ha.failover.release import ReleaseOutcome
+from mailcow_ha.failover.wiring import build_release_waiter
+
+pytestmark = pytest.mark.integration
+
+HOLDER_NAME = "mailcow-ha-test-2"
+HOLDER_SERVER_ID = 502
+
+
+def holder_snapshot(mounted: bool, *, demoting: bool = True) -> NodeSnapshot:
+    return NodeSnapshot(
+        cluster="mailcow-ha-test",
+        node=HOLDER_NAME,
+        node_index=2,
+        private_ip="127.0.0.1",
+        agent_version="test",
+        agent_started_at=1.0,
+        taken_at=time.time(),
+        vrrp_state="FAULT",
+        mount=MountSnapshot("/srv/mailcow-data", mounted),
+        transition=TransitionSnapshot(running="FAULT" if demoting else None),
+    )
+
+
+class Peer:
+    """A holder's status API whose snapshot a test changes, counting the requests it served."""
+
+    def __init__(self, snapshot: Callable[[], NodeSnapshot]) -> None:
+        self._snapshot = snapshot
+        self.requests = 0
+        self._lock = threading.Lock()
+        self.api = StatusApi(
+            address="127.0.0.1",
+            port=0,
+            cluster="mailcow-ha-test",
+            node=HOLDER_NAME,
+            secret=SecretStr("not-used-by-reads"),
+            snapshot=self._serve,
+        )
+        self.port = self.api.address[1]
+        self.api.start()
+
+    def _serve(self) -> NodeSnapshot:
+        with self._lock:
+            self.requests += 1
+        return self._snapshot()
+
+    def stop(self) -> None:
+        self.api.stop()
+
+
+def write_members(config: NodeConfig, holder_id: int = HOLDER_SERVER_ID, own_id: int = 501) -> None:
+    members = (
+        Member(1, config.node.name, str(config.node.private_ip), own_id),
+        Member(2, HOLDER_NAME, "127.0.0.1", holder_id),
+    )
+    state.write_json(
+        config.paths.state_dir / state.MEMBERS_FILE, Membership(members, own_id, "api", time.time()).to_json()
+    )
+
+
+def waiter_config(tmp_path: Path, port: int, **deadlines: float) -> NodeConfig:
+    document = node_config_dict(paths={"state_dir": str(tmp_path / "state")})
+    document = deep_update(document, "status_api.port", port)
+    for key, value in deadlines.items():
+        document = deep_update(document, f"deadlines.{key}", value)
+    config = parse_config(document)
+    write_members(config)
+    return config
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def no_supersede() -> None:
+    return None
+
+
+def test_waits_until_holder_unmounted(tmp_path: Path) -> None:
+    released_at: list[float] = []
+
+    def snapshot() -> NodeSnapshot:
+        if peer.requests < 4:
+            return holder_snapshot(mounted=True)
+        released_at.append(time.monotonic())
+        return holder_snapshot(mounted=False, demoting=False)
+
+    peer = Peer(snapshot)
+    try:
+        config = waiter_config(tmp_path, peer.port)
+
+        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)
+    finally:
+        peer.stop()
+
+    assert result.outcome is ReleaseOutcome.RELEASED
+    assert peer.requests == 4
+    assert HOLDER_NAME in result.reason
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["refused", "silent"])
+def test_unreachable_holder_not_waited_for(tmp_path: Path, silent: bool) -> None:
+    # A stopped agent refuses the connection; a powered-off node answers nothing at all.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = int(listener.getsockname()[1])
+        if silent:
+            listener.listen(1)
+        else:
+            port = unused_port()
+        config = waiter_config(tmp_path, port, release_request=0.3)
+
+        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)
+
+    assert result.outcome is ReleaseOutcome.NO_RESPONSE
+    assert result.seconds < 5.0
+
+
+def test_wait_ends_at_deadline(tmp_path: Path) -> None:
+    peer = Peer(lambda: holder_snapshot(mounted=True))
+    try:
+        config = waiter_config(tmp_path, peer.port)
+
+        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 1.0), no_supersede)
+    finally:
+        peer.stop()
+
+    assert result.outcome is ReleaseOutcome.TIMED_OUT
+    assert result.seconds >= 1.0
+    assert peer.requests > 2
+
+
+def test_server_not_in_members_not_asked(tmp_path: Path) -> None:
+    peer = Peer(lambda: holder_snapshot(mounted=True))
+    try:
+        config = waiter_config(tmp_path, peer.port)
+
+        result = build_release_waiter(config).wait(999, Deadline.after("release", 5.0), no_supersede)
+    finally:
+        peer.stop()
+
+    assert result.outcome is ReleaseOutcome.NOT_A_MEMBER
+    assert peer.requests == 0
+
+
+def test_newer_state_stops_wait(tmp_path: Path) -> None:
+    peer = Peer(lambda: holder_snapshot(mounted=True))
+    calls: list[int] = []
+
+    def checkpoint() -> None:
+        calls.append(1)
+        if peer.requests >= 2:
+            raise Superseded("keepalived reported BACKUP")
+
+    try:
+        config = waiter_config(tmp_path, peer.port)
+        with pytest.raises(Superseded):
+            build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 30.0), checkpoint)
+    finally:
+        peer.stop()
+
+    assert peer.requests == 2
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[PodmanService]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loop devices, mounts, mount namespaces and podman")
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()
+
+
+def test_promote_detaches_after_release(podman: PodmanService) -> None:
+    # The holder (server 2) reports the volume mounted for its first three answers: promote must
+    # not send the detach before the holder reports it unmounted.
+    detaches_while_mounted: list[int] = []
+    node_holder: list[FailoverNode] = []
+
+    def detach_requests() -> int:
+        counts = node_holder[0].env.fake.requests.counts()
+        return counts.get("POST /volumes/{id}/actions/detach", 0)
+
+    def snapshot() -> NodeSnapshot:
+        if peer.requests <= 3:
+            detaches_while_mounted.append(detach_requests())
+            return holder_snapshot(mounted=True)
+        return holder_snapshot(mounted=False, demoting=False)
+
+    peer = Peer(snapshot)
+    try:
+        overrides = {"status_api.port": peer.port, "deadlines.release_wait": 5.0}
+        with failover_node(podman, overrides=overrides) as node:
+            node_holder.append(node)
+            write_members(node.config, holder_id=node.other_server_id, own_id=node.server_id)
+            failover = node.failover()
+
+            with node.health_driver():
+                record = failover.promoter.run(master_token())
+
+            assert record.outcome is RecordOutcome.SUCCEEDED
+            assert node.volume_holder() == node.server_id
+            assert detaches_while_mounted == [0, 0, 0]
+            assert detach_requests() == 1
+            release = next(step for step in record.steps if step.name == "release wait")
+            assert release.detail is not None
+            assert release.detail.startswith(f"{ReleaseOutcome.RELEASED}:")
+            failover.close()
+    finally:
+        peer.stop()
