@@ -239,7 +239,7 @@ def test_pulumi_yaml_declares_every_key() -> None:
         entry = declared[spec.name]
         assert entry["type"] == spec.type, spec.name
         assert entry["type"] in {"string", "integer", "boolean", "array"}, spec.name
-        assert entry["description"], spec.name
+        assert entry["description"] == spec.description, spec.name
         assert set(entry) <= {"type", "description", "default", "secret", "items"}, spec.name
         if spec.required:
             assert "default" not in entry, spec.name

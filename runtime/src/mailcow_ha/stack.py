@@ -58,16 +58,31 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(
         "location",
         "string",
-        "Hetzner location of every server, volume and floating IP (fsn1, nbg1, hel1, ash, hil, sin).",
+        "Hetzner location of every server, volume and floating IP (fsn1, nbg1, hel1, ash, hil, sin); fixed at creation.",
         "fsn1",
     ),
     KeySpec(
-        "serverType", "string", "Hetzner server type of every node; mailcow needs at least 6 GB of memory.", "cx32"
+        "serverType",
+        "string",
+        "Hetzner server type of new nodes; mailcow needs at least 6 GB of memory. Existing nodes keep theirs.",
+        "cx32",
     ),
     KeySpec("image", "string", "Hetzner image of every node; the cloud-init targets Debian 12 or later.", "debian-12"),
-    KeySpec("networkCidr", "string", "Private network range (RFC 1918).", "10.0.0.0/16"),
-    KeySpec("subnetCidr", "string", "Subnet of the private network that the nodes use; /27 or larger.", "10.0.1.0/24"),
-    KeySpec("adminSshKeys", "array", "OpenSSH public keys allowed to log in as root on every node.", []),
+    KeySpec(
+        "networkCidr", "string", "Private network range (RFC 1918), /24 or larger; fixed at creation.", "10.0.0.0/16"
+    ),
+    KeySpec(
+        "subnetCidr",
+        "string",
+        "Subnet of the private network that the nodes use, /27 or larger; fixed at creation.",
+        "10.0.1.0/24",
+    ),
+    KeySpec(
+        "adminSshKeys",
+        "array",
+        "OpenSSH public keys allowed to log in as root on nodes created afterwards; none may be in the project already.",
+        [],
+    ),
     KeySpec(
         "sshAllowedCidrs", "array", "Source ranges allowed to reach SSH on the public interfaces; empty closes SSH.", []
     ),
@@ -89,25 +104,35 @@ KEYS: tuple[KeySpec, ...] = (
         "The mail server's fully qualified host name; the floating IPs' reverse DNS is set to it.",
         required=True,
     ),
-    KeySpec("floatingIpv6", "boolean", "Also create a floating IPv6 network (/64) for mail over IPv6.", False),
+    KeySpec(
+        "floatingIpv6",
+        "boolean",
+        "Also create a floating IPv6 network (/64) for mail over IPv6; fixed at creation.",
+        False,
+    ),
     KeySpec(
         "hcloudToken",
         "string",
-        "Hetzner API token used by the nodes at run time (read and write); set with --secret.",
+        "Hetzner API token used by the nodes at run time (read and write); set with --secret. Nodes keep the token they were created with.",
         secret=True,
         required=True,
     ),
-    KeySpec("alertUrls", "string", "Apprise URLs for alerts, separated by spaces; set with --secret.", secret=True),
+    KeySpec(
+        "alertUrls",
+        "string",
+        "Apprise URLs for alerts, separated by spaces; set with --secret. Nodes keep the URLs they were created with.",
+        secret=True,
+    ),
     KeySpec(
         "galeraPassword",
         "string",
-        "Password of the runtime's database user; generated when unset; set with --secret.",
+        "Password of the runtime's database user; generated when unset; set with --secret; fixed at creation.",
         secret=True,
     ),
     KeySpec(
         "statusApiSecret",
         "string",
-        "Secret shared by the nodes' status APIs; generated when unset; set with --secret.",
+        "Secret shared by the nodes' status APIs; generated when unset; set with --secret; fixed at creation.",
         secret=True,
     ),
     KeySpec(
@@ -119,13 +144,13 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(
         "advertInterval",
         "integer",
-        "keepalived advert interval in seconds (1..10); failure detection takes about 3 intervals.",
+        "keepalived advert interval in seconds (1..10); failure detection takes about 3 intervals; fixed at creation.",
         1,
     ),
     KeySpec(
         "virtualRouterId",
         "integer",
-        "VRRP virtual router id (1..255), unique among clusters sharing the private network.",
+        "VRRP virtual router id (1..255), unique among clusters sharing the private network; fixed at creation.",
         51,
     ),
     # NOTE: eth0 is the public interface Hetzner's floating IP guide names; enp7s0 for the private
@@ -134,11 +159,11 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(
         "publicInterface", "string", "Name of the public interface, where the floating IPs are configured.", "eth0"
     ),
-    KeySpec("mailcowRef", "string", "mailcow-dockerized tag or commit to check out on every node.", "2025-01"),
+    KeySpec("mailcowRef", "string", "mailcow-dockerized tag or commit that nodes check out at first boot.", "2025-01"),
     KeySpec(
         "runtimeRepository",
         "string",
-        "Git URL of this repository, from which the nodes install the runtime.",
+        "Public https:// Git URL of this repository, from which nodes install the runtime at first boot.",
         required=True,
     ),
     KeySpec(
