@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -225,3 +226,32 @@ def test_marker_file_is_json_with_format(volume, ext4_device, tmp_path):
 
     assert set(document) == {"cluster", "volume_id", "created_at", "format_version"}
     assert document["format_version"] == 1
+
+
+def device_digest(device: Path) -> str:
+    digest = hashlib.sha256()
+    with device.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_foreign_data(root: Path) -> None:
+    (root / "backups").mkdir()
+    (root / "backups" / "2026-01-01.tar").write_text("someone's archive")
+
+
+def write_other_cluster(root: Path) -> None:
+    write_marker(root, VolumeMarker(cluster="someone-else", volume_id=VOLUME_ID, created_at="2026-01-01T00:00:00Z"))
+
+
+@pytest.mark.parametrize("write", [write_foreign_data, write_other_cluster], ids=["foreign-data", "other-cluster"])
+def test_rejected_volume_left_unchanged(volume, ext4_device, tmp_path, write):
+    seed(volume, ext4_device, tmp_path, write)
+    before = device_digest(ext4_device)
+
+    with pytest.raises(Refused):
+        init_data(request_for(ext4_device, tmp_path))
+
+    assert "mmp" not in ext4.ext4_features(ext4_device)
+    assert device_digest(ext4_device) == before

@@ -99,8 +99,10 @@ def mount_targets(device: Path) -> list[str]:
     return targets
 
 
-def mount(device: Path, target: Path) -> None:
-    run_tool(["mount", "-t", "ext4", str(device), str(target)], action=f"mounting {device} on {target}")
+def mount(device: Path, target: Path, *, read_only: bool = False) -> None:
+    """Mount the ext4 file system; `read_only` also skips journal replay, so nothing is written to the device."""
+    options = ["-o", "ro,noload"] if read_only else []
+    run_tool(["mount", "-t", "ext4", *options, str(device), str(target)], action=f"mounting {device} on {target}")
 
 
 def unmount(target: Path) -> None:

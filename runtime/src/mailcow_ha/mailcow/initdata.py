@@ -9,12 +9,13 @@ mounts it on the real mount point.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,29 +120,46 @@ def init_data(request: InitRequest, *, now: datetime.datetime | None = None) -> 
     if targets:
         raise Refused(f"{device} is mounted on {', '.join(targets)}; stop mailcow and unmount it, then run init-data")
 
+    # The contents are checked on a read-only mount first, so a volume that is rejected (another
+    # cluster's, or one with data) gets neither multi-mount protection nor a rw mount's writes.
+    with _mounted(request, read_only=True) as root:
+        _check(request, read_contents(root))
+
     if "mmp" not in ext4.ext4_features(device):
         ext4.enable_mmp(device, request.mmp_update_interval)
 
+    with _mounted(request, read_only=False) as root:
+        return _prepare_mounted(request, root, now or datetime.datetime.now(datetime.UTC))
+
+
+@contextlib.contextmanager
+def _mounted(request: InitRequest, *, read_only: bool) -> Iterator[Path]:
+    """Mount the volume on a private temporary directory and unmount it afterwards."""
     request.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     mount_dir = Path(tempfile.mkdtemp(prefix="init-data.", dir=request.work_dir))
     try:
-        ext4.mount(device, mount_dir)
+        ext4.mount(request.device, mount_dir, read_only=read_only)
         try:
-            decision = _prepare_mounted(request, mount_dir, now or datetime.datetime.now(datetime.UTC))
+            yield mount_dir
         finally:
-            os.sync()
+            if not read_only:
+                os.sync()
             ext4.unmount(mount_dir)
     finally:
         mount_dir.rmdir()
-    return decision
 
 
-def _prepare_mounted(request: InitRequest, root: Path, now: datetime.datetime) -> InitDecision:
-    contents = read_contents(root)
+def _check(request: InitRequest, contents: VolumeContents) -> InitDecision:
+    """Decide from the contents, log the decision, and raise Refused when it rejects the volume."""
     decision = decide(contents, cluster=request.cluster, volume_id=request.volume_id, project_name=request.project_name)
     log.info("init-data on %s: %s (%s)", request.device, decision.action, decision.reason)
     if decision.action is InitAction.REJECT:
         raise Refused(f"init-data rejected {request.device}: {decision.reason}")
+    return decision
+
+
+def _prepare_mounted(request: InitRequest, root: Path, now: datetime.datetime) -> InitDecision:
+    decision = _check(request, read_contents(root))
 
     if decision.action is InitAction.PREPARE:
         marker = VolumeMarker(
