@@ -6,11 +6,13 @@ tests check exactly what an administrator reviews and what nodes write.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 
 from harness.galera import GaleraCluster
 from mailcow_ha.cli.render import load_stack, render_stack
+from mailcow_ha.config import parse_config
 from mailcow_ha.render.cloudinit import USER_DATA_LIMIT
 from mailcow_ha.render.galera import render_galera_cnf
 from mailcow_ha.render.units import UnitInputs, render_units
@@ -103,6 +106,93 @@ def test_user_data_passes_schema(rendered: dict[int, Path], count: int) -> None:
         assert completed.returncode == 0, completed.stdout + completed.stderr
         assert set(document) - allowed == set(), node.name
         assert user_data.stat().st_size <= USER_DATA_LIMIT
+
+
+def every_optional_key() -> dict[str, str]:
+    """Return Pulumi config with every optional key set, the way `pulumi config set` stores values."""
+    key = base64.b64encode(
+        len(b"ssh-ed25519").to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes(32)
+    )
+    values = {
+        "clusterName": "mail-eu",
+        "nodeCount": "9",
+        "location": "hel1",
+        "serverType": "ccx23",
+        "image": "debian-13",
+        "networkCidr": "172.20.0.0/16",
+        "subnetCidr": "172.20.8.0/22",
+        "adminSshKeys": json.dumps([f"ssh-ed25519 {key.decode()} admin@example.org"]),
+        "sshAllowedCidrs": json.dumps(["198.51.100.0/24", "2001:db8:100::/48"]),
+        "sharedVolumeSize": "500",
+        "dbVolumeSize": "40",
+        "mailHostname": "mx1.mail.example.org",
+        "floatingIpv6": "true",
+        "hcloudToken": "t" * 64,
+        "alertUrls": "mailtos://alerts:pass@smtp.example.net?to=a@example.net,b@example.net json://hooks.example.net/x",
+        "galeraPassword": "galera-password-0123456789",
+        "statusApiSecret": "status-api-secret-0123456789",
+        "breakerWindow": "7200",
+        "advertInterval": "2",
+        "virtualRouterId": "77",
+        "privateInterface": "ens10",
+        "publicInterface": "enp1s0",
+        "mailcowRef": "2025-03a",
+        "runtimeRepository": "https://git.example.org:8443/ops/mailcow-ha.git",
+        "runtimeRef": "e" * 40,
+    }
+    return {f"mailcow-ha:{name}": value for name, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def program_user_data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Run the Pulumi program under mocks with every optional key set; write each server's user data."""
+    config = every_optional_key()
+    secrets = [f"mailcow-ha:{name}" for name in ("hcloudToken", "alertUrls", "galeraPassword", "statusApiSecret")]
+    request = {"stack": "prod", "config": config, "secret_keys": secrets}
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY / "tests/infra/program_driver.py"), json.dumps(request)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result.get("traceback")
+    out = tmp_path_factory.mktemp("program-user-data")
+    paths = []
+    for resource in result["resources"]:
+        if resource["type"] == "hcloud:index/server:Server":
+            path = out / f"{resource['inputs']['name']}.yaml"
+            path.write_text(resource["inputs"]["userData"]["__secret__"], encoding="utf-8")
+            paths.append(path)
+    return sorted(paths)
+
+
+def test_program_user_data_passes_schema(program_user_data: list[Path]) -> None:
+    """The user data the program hands to Hetzner, with every optional key on, for all 9 nodes."""
+    require_tool("cloud-init")
+    allowed = allowed_top_level_keys()
+
+    assert len(program_user_data) == 9
+    for path in program_user_data:
+        completed = subprocess.run(
+            ["cloud-init", "schema", "--config-file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        node_config = next(item for item in document["write_files"] if item["path"] == "/etc/mailcow-ha/node.yaml")
+        config = parse_config(yaml.safe_load(node_config["content"]))
+
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        assert set(document) - allowed == set(), path.name
+        assert path.stat().st_size <= USER_DATA_LIMIT
+        assert config.node.private_interface == "ens10"
+        assert len(config.alerts.urls) == 2
+        assert len(config.hetzner.floating_ips) == 2
+        assert node_config["permissions"] == "0600"
 
 
 def test_schema_check_catches_misspelled_key(tmp_path: Path) -> None:

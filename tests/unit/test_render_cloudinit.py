@@ -111,6 +111,18 @@ def test_oversized_user_data_rejected(tmp_path: Path) -> None:
         render_user_data(make_stack(), 1, make_cloud(1), SECRETS, tmp_path)
 
 
+def test_oversized_alert_urls_named() -> None:
+    urls = tuple(f"mailtos://user:{'p' * 300}@smtp{number}.example.net" for number in range(80))
+    secrets = NodeSecrets("token-value", "galera-password-value", "status-secret-value", urls)
+
+    with pytest.raises(ConfigError) as raised:
+        render_user_data(make_stack(), 1, make_cloud(1), secrets, STATIC)
+
+    assert "above Hetzner's limit of 32768" in str(raised.value)
+    assert "shorten alertUrls" in str(raised.value)
+    assert "p" * 300 not in str(raised.value)
+
+
 def test_base_may_not_set_node_keys(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("runcmd: [[echo, hi]]\n", encoding="utf-8")
     (tmp_path / "first-boot.sh").write_text("#!/bin/sh\n", encoding="utf-8")
@@ -122,6 +134,20 @@ def test_base_may_not_set_node_keys(tmp_path: Path) -> None:
 def test_unresolved_runtime_ref_rejected() -> None:
     with pytest.raises(ConfigError, match="runtimeRef is not resolved"):
         render_user_data(make_stack(runtimeRef=""), 1, make_cloud(1), SECRETS, STATIC)
+
+
+def test_units_written_after_packages() -> None:
+    """Units exist only after apt installed keepalived, whose start would otherwise pull in the agent."""
+    document = user_data_document(make_stack(), 1, make_cloud(1), SECRETS, STATIC)
+    files = {item["path"]: item for item in document["write_files"]}
+    units = [path for path in files if path.startswith("/etc/systemd/system/")]
+
+    assert "/etc/systemd/system/keepalived.service.d/50-mailcow-ha.conf" in units
+    assert len(units) == 7
+    for path in units:
+        assert files[path]["defer"] is True, path
+    for path in ("/etc/mailcow-ha/node.yaml", "/etc/mailcow-ha/firewall.nft", "/usr/local/lib/mailcow-ha/first-boot"):
+        assert "defer" not in files[path], path
 
 
 def test_files_written_as_literal_blocks() -> None:

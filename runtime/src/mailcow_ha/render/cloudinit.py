@@ -25,7 +25,7 @@ from mailcow_ha.render.nodeconfig import (
     node_config_document,
     volume_device,
 )
-from mailcow_ha.render.units import UnitInputs, render_units
+from mailcow_ha.render.units import UNIT_DIR, UnitInputs, render_units
 from mailcow_ha.stack import StackConfig
 
 USER_DATA_LIMIT = 32 * 1024
@@ -46,6 +46,15 @@ class NodeFile:
     path: PurePosixPath
     content: str
     permissions: str
+
+    @property
+    def deferred(self) -> bool:
+        """Whether cloud-init writes the file only after installing the packages (write_files `defer`).
+
+        Systemd units are deferred: installing keepalived starts keepalived.service, and with the
+        drop-in already in place systemd would start the agent too, before first boot installed it.
+        """
+        return self.path.is_relative_to(UNIT_DIR)
 
 
 def node_files(
@@ -79,7 +88,13 @@ def user_data_document(
     document: dict[str, Any] = dict(_load_base(static_dir))
     document["hostname"] = stack.node_name(index)
     document["write_files"] = [
-        {"path": str(item.path), "owner": "root:root", "permissions": item.permissions, "content": item.content}
+        {
+            "path": str(item.path),
+            "owner": "root:root",
+            "permissions": item.permissions,
+            **({"defer": True} if item.deferred else {}),
+            "content": item.content,
+        }
         for item in node_files(stack, index, cloud, secrets, static_dir)
     ]
     document["mounts"] = [
@@ -124,9 +139,11 @@ def render_user_data(stack: StackConfig, index: int, cloud: CloudIds, secrets: N
     text = HEADER + yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=1000)
     size = len(text.encode("utf-8"))
     if size > USER_DATA_LIMIT:
+        config_size = len(yaml.safe_dump(node_config_document(stack, index, cloud, secrets)).encode("utf-8"))
         raise ConfigError(
-            f"user data of {stack.node_name(index)} is {size} bytes, above Hetzner's limit of {USER_DATA_LIMIT}; "
-            "shorten the static parts in cloud-init/"
+            f"user data of {stack.node_name(index)} is {size} bytes, above Hetzner's limit of {USER_DATA_LIMIT}. "
+            f"The node config, with the alert URLs, takes {config_size} bytes of it, the static parts in "
+            "cloud-init/ the rest; shorten alertUrls or the static parts"
         )
     return text
 
