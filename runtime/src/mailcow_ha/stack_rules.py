@@ -195,14 +195,19 @@ def check_runtime_ref(value: str) -> str:
 
 
 def check_token(value: str) -> str:
-    if not value or any(character.isspace() for character in value):
-        raise ValueError("expected a Hetzner API token without spaces")
+    # The token travels in an HTTP header, which carries ASCII only.
+    if not value or not value.isascii() or not value.isprintable() or any(character.isspace() for character in value):
+        raise ValueError("expected a Hetzner API token: ASCII letters and digits, without spaces")
     return value
 
 
 def check_password(value: str) -> str:
-    if len(value) < 16 or any(character.isspace() or character in "\"'\\" for character in value):
-        raise ValueError("expected at least 16 characters without spaces, quotes or backslashes")
+    if (
+        len(value) < 16
+        or not value.isprintable()
+        or any(character.isspace() or character in "\"'\\" for character in value)
+    ):
+        raise ValueError("expected at least 16 printable characters without spaces, quotes or backslashes")
     return value
 
 
