@@ -45,9 +45,9 @@ def run_fix(args: argparse.Namespace) -> ExitCode:
         print(f"every table in {schema} has a primary key; nothing to do")
         return ExitCode.OK
     if args.dry_run:
-        for table in tables:
-            print(dbcheck.fix_statement(schema, table) + ";")
+        for plan in dbcheck.plan_fixes(config.galera.socket, schema, tables):
+            print(plan.statement + ";")
         return ExitCode.OK
     for result in dbcheck.add_primary_keys(config.galera.socket, schema, tables):
-        print(f"added invisible primary key {dbcheck.PRIMARY_KEY_COLUMN} to {schema}.{result.table}")
+        print(result.describe(schema))
     return ExitCode.OK

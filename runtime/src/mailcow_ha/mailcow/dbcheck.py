@@ -40,10 +40,24 @@ ORDER BY t.table_name
 """
 
 
+_AUTO_INCREMENT_COLUMNS = """
+SELECT table_name, column_name
+FROM information_schema.columns
+WHERE table_schema = %s AND extra LIKE '%%auto_increment%%'
+"""
+
+
 @dataclass(frozen=True)
 class FixResult:
     table: str
     statement: str
+    key_column: str = PRIMARY_KEY_COLUMN
+    """The column that became the primary key: the added invisible one, or an existing AUTO_INCREMENT column."""
+
+    def describe(self, schema: str) -> str:
+        if self.key_column == PRIMARY_KEY_COLUMN:
+            return f"added invisible primary key {PRIMARY_KEY_COLUMN} to {schema}.{self.table}"
+        return f"made the AUTO_INCREMENT column {self.key_column} the primary key of {schema}.{self.table}"
 
 
 def quote_identifier(name: str) -> str:
@@ -61,9 +75,18 @@ def tables_without_primary_key(socket: Path, schema: str, *, timeout: float = 30
     return [str(row[0]) for row in sql.query(socket, _TABLES_WITHOUT_PRIMARY_KEY, [schema], timeout=timeout)]
 
 
-def fix_statement(schema: str, table: str, column: str = PRIMARY_KEY_COLUMN) -> str:
-    """Return the ALTER TABLE that adds an invisible AUTO_INCREMENT primary key to `table`."""
+def fix_statement(
+    schema: str, table: str, column: str = PRIMARY_KEY_COLUMN, *, auto_increment: str | None = None
+) -> str:
+    """Return the ALTER TABLE that gives `table` a primary key.
+
+    A table may have only one AUTO_INCREMENT column, and MariaDB requires it to be indexed. So
+    a table that already has one gets that column as its primary key (its values are unique
+    unless someone inserted duplicates by hand), and every other table gets the invisible column.
+    """
     qualified = f"{quote_identifier(schema)}.{quote_identifier(table)}"
+    if auto_increment is not None:
+        return f"ALTER TABLE {qualified} ADD PRIMARY KEY ({quote_identifier(auto_increment)})"
     quoted_column = quote_identifier(column)
     return (
         f"ALTER TABLE {qualified} ADD COLUMN {quoted_column} BIGINT UNSIGNED NOT NULL AUTO_INCREMENT INVISIBLE, "
@@ -71,23 +94,40 @@ def fix_statement(schema: str, table: str, column: str = PRIMARY_KEY_COLUMN) -> 
     )
 
 
+def auto_increment_columns(socket: Path, schema: str, *, timeout: float = 30.0) -> dict[str, str]:
+    """Return table name -> its AUTO_INCREMENT column, for the tables of `schema` that have one."""
+    rows = sql.query(socket, _AUTO_INCREMENT_COLUMNS, [schema], timeout=timeout)
+    return {str(table): str(column) for table, column in rows}
+
+
+def plan_fixes(socket: Path, schema: str, tables: Sequence[str]) -> list[FixResult]:
+    """Return the statement that gives each table a primary key, in the order given."""
+    existing = auto_increment_columns(socket, schema)
+    plans = []
+    for table in tables:
+        column = existing.get(table)
+        statement = fix_statement(schema, table, auto_increment=column)
+        plans.append(FixResult(table, statement, column or PRIMARY_KEY_COLUMN))
+    return plans
+
+
 def add_primary_keys(
     socket: Path, schema: str, tables: Sequence[str], *, timeout: float = DDL_TIMEOUT
 ) -> list[FixResult]:
-    """Add the invisible primary key to each table in turn; stop at the first failure."""
+    """Give each table a primary key in turn (see fix_statement); stop at the first failure."""
     results: list[FixResult] = []
+    plans = plan_fixes(socket, schema, tables)
     with sql.admin_connection(socket, timeout=timeout) as connection:
-        for table in tables:
-            statement = fix_statement(schema, table)
-            log.info("adding an invisible primary key to %s.%s", schema, table)
+        for plan in plans:
+            log.info("%s", plan.describe(schema))
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute(statement)
+                    cursor.execute(plan.statement)
             except pymysql.MySQLError as error:
                 done = ", ".join(result.table for result in results) or "none"
                 raise DatabaseError(
-                    f"adding a primary key to {schema}.{table} failed: {sql.describe(error)}; "
+                    f"adding a primary key to {schema}.{plan.table} failed: {sql.describe(error)}; "
                     f"tables already fixed: {done}"
                 ) from None
-            results.append(FixResult(table, statement))
+            results.append(plan)
     return results
