@@ -13,6 +13,7 @@ from mailcow_ha import __version__
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
 from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.cli.argtypes import positive_seconds
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ConfigError, ExitCode
 from mailcow_ha.mailcow import dbsetup, galera_ops
@@ -61,7 +62,7 @@ def register(subparsers: Any) -> None:
     )
     first_boot.add_argument(
         "--wait",
-        type=float,
+        type=positive_seconds,
         default=1800.0,
         help="seconds to keep asking the peers before giving up (default: 1800)",
     )

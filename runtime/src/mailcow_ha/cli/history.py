@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.cli.argtypes import non_negative_int, positive_seconds
 from mailcow_ha.config import load_config
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.history import HistoryStore, RecordKind
@@ -25,7 +26,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the records as JSON")
     parser.add_argument(
-        "--limit", type=int, default=20, metavar="N", help="show the newest N records (default 20, 0 for all)"
+        "--limit",
+        type=non_negative_int,
+        default=20,
+        metavar="N",
+        help="show the newest N records (default 20, 0 for all)",
     )
     parser.add_argument(
         "--kind",
@@ -34,7 +39,11 @@ def register(subparsers: Any) -> None:
         help="show only records of this kind (repeatable; default all)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=2.0, metavar="SECONDS", help="timeout of each member's history request"
+        "--timeout",
+        type=positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="timeout of each member's history request",
     )
     parser.set_defaults(handler=run)
 

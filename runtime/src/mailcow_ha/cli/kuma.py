@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mailcow_ha.cli.argtypes import positive_seconds
 from mailcow_ha.errors import ConfigError, ExitCode
 from mailcow_ha.mailcow import kuma
 
@@ -46,7 +47,9 @@ def register(subparsers: Any) -> None:
         help='JSON file of a notification channel to attach to every monitor: {"name", "type", provider fields}',
     )
     sync.add_argument("--prune", action="store_true", help="delete monitors of this cluster that are no longer planned")
-    sync.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default: 10)")
+    sync.add_argument(
+        "--timeout", type=positive_seconds, default=10.0, help="seconds to wait for each reply (default: 10)"
+    )
     sync.set_defaults(handler=run_sync)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.alert_ratelimit import read_alert_counters
+from mailcow_ha.cli.argtypes import positive_seconds
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.history import FailoverRecord, HistoryStore
@@ -47,7 +48,11 @@ def register(subparsers: Any) -> None:
         help="skip the Hetzner Cloud API reads (about 3 requests per run) and show keepalived's view only",
     )
     parser.add_argument(
-        "--timeout", type=float, default=2.0, metavar="SECONDS", help="timeout of each member's status request"
+        "--timeout",
+        type=positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="timeout of each member's status request",
     )
     parser.set_defaults(handler=run)
 

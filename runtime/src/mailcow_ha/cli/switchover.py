@@ -10,6 +10,7 @@ from typing import Any
 from mailcow_ha.adapters.alerts import AppriseAlerter
 from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.alert_events import AlertEvent
+from mailcow_ha.cli.argtypes import positive_seconds
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.ops.status import fetch_snapshots, members_of
@@ -43,7 +44,7 @@ def register(subparsers: Any) -> None:
         "is stopped, because it cannot be kept out of the election",
     )
     parser.add_argument(
-        "--timeout", type=float, default=2.0, metavar="SECONDS", help="timeout of each status API request"
+        "--timeout", type=positive_seconds, default=2.0, metavar="SECONDS", help="timeout of each status API request"
     )
     parser.set_defaults(handler=run)
 

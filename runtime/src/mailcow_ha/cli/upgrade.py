@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.cli.argtypes import positive_seconds
 from mailcow_ha.cli.backup import find_master
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ExitCode, MailcowHaError, Refused
@@ -47,7 +48,9 @@ def register(subparsers: Any) -> None:
     )
     runtime.add_argument("--ref", required=True, help="the mailcow-ha commit id to install")
     runtime.add_argument("--version", required=True, help="the package version that commit carries, e.g. 0.2.0")
-    runtime.add_argument("--node-timeout", type=float, default=600.0, help="seconds to wait per node (default: 600)")
+    runtime.add_argument(
+        "--node-timeout", type=positive_seconds, default=600.0, help="seconds to wait per node (default: 600)"
+    )
     runtime.set_defaults(handler=run_runtime)
 
 
