@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from harness.nodeconfig import deep_update, node_config_dict
+from harness.nodeconfig import deep_update, node_config_dict, write_node_config
 from mailcow_ha.agent.apiauth import signed_headers
 from mailcow_ha.agent.snapshot import GaleraSnapshot, NodeSnapshot
 from mailcow_ha.agent.statusapi import ActionInputError, StatusApi
 from mailcow_ha.agent.statusclient import StatusApiError, StatusClient
+from mailcow_ha.cli import main
 from mailcow_ha.config import parse_config
-from mailcow_ha.errors import ConfigError, DatabaseError, Refused
+from mailcow_ha.errors import ConfigError, DatabaseError, ExitCode, Refused
 from mailcow_ha.failover.history import HistoryStore, RecordKind, RecordOutcome
 
 pytestmark = pytest.mark.integration
@@ -393,9 +394,41 @@ def test_history_served_from_state_dir(tmp_path):
 
         assert client.history(address) == [record]
         (tmp_path / "state" / "history.json").write_text("{broken")
+        with pytest.raises(StatusApiError) as caught:
+            client.history(address)
+        assert "is lost: state file" in str(caught.value)
+        assert "history.json is not valid JSON" in str(caught.value)
+        assert list((tmp_path / "state").glob("history.json.corrupt-*"))
         assert client.history(address) == []
     finally:
         api.stop()
+
+
+def test_corrupt_history_makes_history_degraded(tmp_path, capsys):
+    address = f"127.{random.randrange(1, 250)}.{random.randrange(1, 250)}.1"
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        port = probe.getsockname()[1]
+    document = node_config_dict(
+        node={"name": "mailcow-ha-test-1", "index": 1, "private_ip": address},
+        peers=[{"name": "mailcow-ha-test-1", "index": 1, "private_ip": address}],
+    )
+    document = deep_update(document, "status_api.port", port)
+    document = deep_update(document, "paths.state_dir", str(tmp_path / "state"))
+    config_file = write_node_config(tmp_path / "node.yaml", document)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "history.json").write_text('{"format": 1, "records": [{"id": ')
+    api = StatusApi.from_config(parse_config(document), make_snapshot)
+    api.start()
+    try:
+        code = main(["--config", str(config_file), "history"])
+    finally:
+        api.stop()
+
+    output = capsys.readouterr().out
+    assert code == ExitCode.DEGRADED
+    assert "history of mailcow-ha-test-1 incomplete: history of mailcow-ha-test-1" in output
+    assert "is lost: state file" in output
 
 
 def open_slow_post(port: int) -> socket.socket:

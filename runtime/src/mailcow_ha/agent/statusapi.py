@@ -51,7 +51,8 @@ MAX_CONCURRENT_REQUESTS = 16
 """Requests whose handlers may run at once; requests still arriving do not count."""
 
 SnapshotSource = Callable[[], NodeSnapshot]
-HistorySource = Callable[[], list[dict[str, Any]]]
+HistorySource = Callable[[], tuple[list[dict[str, Any]], str | None]]
+"""Returns the history records as JSON and the problem found reading them (a corrupt file), if any."""
 ActionHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
@@ -132,8 +133,9 @@ class StatusApi:
         """
         history_store = HistoryStore(config.paths.state_dir)
 
-        def history() -> list[dict[str, Any]]:
-            return [record.to_json() for record in history_store.read().records]
+        def history() -> tuple[list[dict[str, Any]], str | None]:
+            read = history_store.read()
+            return [record.to_json() for record in read.records], read.problem
 
         return cls(
             address=str(config.node.private_ip),
@@ -208,11 +210,15 @@ class StatusApi:
         if self._history is None:
             return HTTPStatus.NOT_FOUND, {"error": f"{self.node} serves no history"}
         try:
-            records = self._history()
+            records, problem = self._history()
         except Exception as error:
             log.exception("status API: the history could not be read")
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"history unavailable: {type(error).__name__}: {error}"}
-        return HTTPStatus.OK, {"node": self.node, "records": records}
+        response: dict[str, Any] = {"node": self.node, "records": records}
+        if problem is not None:
+            # The corrupt file was moved aside by this read, so this response is the only one to report it.
+            response["problem"] = problem
+        return HTTPStatus.OK, response
 
     def handle_post(
         self, path: str, client: str, headers: dict[str, str], body: bytes

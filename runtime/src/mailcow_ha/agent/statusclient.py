@@ -40,6 +40,10 @@ class StatusApiError(MailcowHaError):
         self.status = status
 
 
+class HistoryLost(StatusApiError):
+    """The member answered, but found its history file corrupt and moved it aside."""
+
+
 class StatusClient:
     """Reads snapshots and calls actions on other members, signing calls with the cluster secret."""
 
@@ -80,13 +84,18 @@ class StatusClient:
             ) from None
 
     def history(self, address: str, *, node: str = "", port: int | None = None) -> list[FailoverRecord]:
-        """Fetch a member's failover history, oldest first. Records this version cannot read are skipped."""
+        """Fetch a member's failover history, oldest first. Records this version cannot read are skipped.
+
+        Raises HistoryLost when the member found its history file corrupt (and moved it aside).
+        """
         where = _describe(node, address, port or self.port)
         status, payload = self._request(
             "GET", address, port, f"{API_PREFIX}/history", body=None, read_timeout=self.timeout, where=where
         )
         if status != 200:
             raise StatusApiError(f"history of {where} failed: HTTP {status}: {_error_text(payload)}", status=status)
+        if payload.get("problem"):
+            raise HistoryLost(f"history of {where} is lost: {payload['problem']}")
         records = []
         for item in payload.get("records", []):
             try:
@@ -174,4 +183,4 @@ def _error_text(payload: Mapping[str, Any]) -> str:
     return str(payload.get("error", "no error message"))
 
 
-__all__ = ["ACTION_MARGIN", "StatusApiError", "StatusClient"]
+__all__ = ["ACTION_MARGIN", "HistoryLost", "StatusApiError", "StatusClient"]

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.agent.statusclient import HistoryLost, StatusClient
 from mailcow_ha.errors import MailcowHaError
 from mailcow_ha.failover.history import FailoverRecord, HistoryStore, RecordKind, RecordOutcome
 from mailcow_ha.ops.status import Member
@@ -55,21 +55,25 @@ def collect_history(
 ) -> ClusterHistory:
     """Read every member's history, using this node's own file when its agent does not respond."""
 
-    def fetch(member: Member) -> tuple[str, list[FailoverRecord] | None, str | None]:
+    def fetch(member: Member) -> tuple[str, list[FailoverRecord] | None, str | None, bool]:
         try:
-            return member.name, client.history(member.address, node=member.name), None
+            return member.name, client.history(member.address, node=member.name), None, False
+        except HistoryLost as error:
+            return member.name, None, str(error), True
         except MailcowHaError as error:
-            return member.name, None, str(error)
+            return member.name, None, str(error), False
 
     batches: list[list[FailoverRecord]] = []
     unavailable: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(len(members), 9)), thread_name_prefix="history") as pool:
         results = list(pool.map(fetch, members))
-    for name, records, error in results:
+    for name, records, error, lost in results:
         if records is not None:
             batches.append(records)
             continue
-        if name == local_node:
+        # A lost history is reported as it is: the local file was just moved aside, so reading it
+        # again would show an empty history as if nothing had happened.
+        if name == local_node and not lost:
             try:
                 read = local_store.read()
             except MailcowHaError as local_error:
