@@ -144,6 +144,28 @@ def test_outputs_of_other_project(tmp_path):
         ("mailHostname", "localhost", "is not a host name"),
         ("nodes", [], "nodes must be a non-empty list"),
         ("nodes", [{"index": 1}], "nodes[0] has no name"),
+        ("mailHostname", "mail example.org", "is not a host name"),
+        ("mailHostname", "mail..example.org", "is not a host name"),
+        ("mailHostname", "-mail.example.org", "is not a host name"),
+        ("nodes", [{"name": "mx-1", "index": "one", "publicIpv4": "198.51.100.1"}], "index 'one' is not a node"),
+        ("nodes", [{"name": "mx-1", "index": None, "publicIpv4": "198.51.100.1"}], "index None is not a node"),
+        ("nodes", [{"name": "mx-1", "index": 0, "publicIpv4": "198.51.100.1"}], "index 0 is not a node"),
+        (
+            "nodes",
+            [
+                {"name": "mx-1", "index": 1, "publicIpv4": "198.51.100.1"},
+                {"name": "mx-1", "index": 2, "publicIpv4": "198.51.100.2"},
+            ],
+            "nodes share the name (mx-1)",
+        ),
+        (
+            "nodes",
+            [
+                {"name": "mx-1", "index": 1, "publicIpv4": "198.51.100.1"},
+                {"name": "mx-2", "index": 1, "publicIpv4": "198.51.100.2"},
+            ],
+            "nodes share the index (1)",
+        ),
     ],
 )
 def test_invalid_output_values(key, value, fragment):

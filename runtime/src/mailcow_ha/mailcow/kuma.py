@@ -14,6 +14,7 @@ import enum
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 MAIL_PORTS = (("SMTP", 25), ("SMTPS", 465), ("Submission", 587), ("IMAPS", 993))
 REQUIRED_OUTPUTS = ("mailHostname", "floatingIpv4", "nodes")
 COMPARED_FIELDS = ("type", "url", "hostname", "port", "interval", "maxretries")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+"""One label of a host name: letters, digits and inner hyphens, at most 63 characters."""
 
 
 class KumaError(MailcowHaError):
@@ -120,7 +123,7 @@ def parse_outputs(data: Any, *, source: str = "stack outputs") -> StackOutputs:
             f"(it has {', '.join(sorted(data)) or 'no keys'}); run `pulumi stack output --json` in this project"
         )
     hostname = data["mailHostname"]
-    if not isinstance(hostname, str) or "." not in hostname or "/" in hostname:
+    if not isinstance(hostname, str) or not _is_host_name(hostname):
         raise ConfigError(f"{source}: mailHostname {hostname!r} is not a host name")
     floating_ipv4 = _ipv4(data["floatingIpv4"], f"{source}: floatingIpv4")
     raw_nodes = data["nodes"]
@@ -128,12 +131,26 @@ def parse_outputs(data: Any, *, source: str = "stack outputs") -> StackOutputs:
         raise ConfigError(f"{source}: nodes must be a non-empty list")
     nodes = []
     for position, node in enumerate(raw_nodes):
-        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str) or not node["name"]:
             raise ConfigError(f"{source}: nodes[{position}] has no name")
+        index = node.get("index", position + 1)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+            raise ConfigError(f"{source}: nodes[{position}].index {index!r} is not a node index (1, 2, ...)")
         address = _ipv4(node.get("publicIpv4"), f"{source}: nodes[{position}].publicIpv4")
-        nodes.append((int(node.get("index", position + 1)), node["name"], address))
+        nodes.append((index, node["name"], address))
+    for label, values in (("name", [name for _, name, _ in nodes]), ("index", [str(i) for i, _, _ in nodes])):
+        duplicates = sorted({value for value in values if values.count(value) > 1})
+        if duplicates:
+            raise ConfigError(
+                f"{source}: nodes share the {label} ({', '.join(duplicates)}); each node needs its own monitor"
+            )
     ordered = tuple((name, address) for _, name, address in sorted(nodes))
     return StackOutputs(hostname, floating_ipv4, ordered)
+
+
+def _is_host_name(value: str) -> bool:
+    labels = value.split(".")
+    return len(value) <= 253 and len(labels) >= 2 and all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
 def _ipv4(value: Any, what: str) -> str:
