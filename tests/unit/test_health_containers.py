@@ -9,6 +9,7 @@ from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import EngineError
 from mailcow_ha.health.containers import (
     ContainerProbe,
+    DeathCause,
     RestartTracker,
     ServiceState,
     evaluate_master,
@@ -75,9 +76,37 @@ def judge(state: ServiceState) -> str | None:
         ),
         (
             ServiceState(
-                "postfix-mailcow", container(status="exited", exit_code=137), died_for=0.1, stopped_on_purpose=True
+                "postfix-mailcow", container(status="exited", exit_code=137), died_for=0.1, cause=DeathCause.KILLED
             ),
             "postfix-mailcow: exited (exit code 137)",
+        ),
+        (
+            ServiceState(
+                "postfix-mailcow",
+                container(status="exited", policy="no"),
+                restarts=1,
+                died_for=0.5,
+                cause=DeathCause.RESTARTING,
+            ),
+            None,
+        ),
+        (
+            ServiceState(
+                "postfix-mailcow", container(status="exited", policy="no"), died_for=0.5, cause=DeathCause.STOPPING
+            ),
+            None,
+        ),
+        (
+            ServiceState(
+                "postfix-mailcow", container(status="exited", policy="no"), died_for=10.5, cause=DeathCause.STOPPING
+            ),
+            "postfix-mailcow: exited (exit code 0)",
+        ),
+        (
+            ServiceState(
+                "postfix-mailcow", container(status="exited", policy="no"), died_for=0.5, cause=DeathCause.CRASH
+            ),
+            "postfix-mailcow: exited (exit code 0)",
         ),
         (
             ServiceState("postfix-mailcow", container(status="exited", policy="on-failure", exit_code=2), died_for=1),
@@ -162,20 +191,46 @@ def test_tracker_counts_unseen_restarts() -> None:
     assert tracker.state("postfix-mailcow", container()).restarts == 2
 
 
-def test_tracker_marks_stop_on_purpose() -> None:
+@pytest.mark.parametrize(
+    ("steps", "cause"),
+    [
+        # podman 4.3's restart, through the Docker API or the CLI: `restart` comes before the death.
+        ([("restart", 0.0), ("die", 0.01)], DeathCause.RESTARTING),
+        # podman's restart policy after a crash: `restart` follows the death.
+        ([("die", 0.0), ("restart", 0.01)], DeathCause.RESTARTING),
+        # Docker's restart and stop look alike until the start: kill (the stop signal), die, stop.
+        ([("kill", 0.0), ("die", 0.3), ("stop", 0.31)], DeathCause.STOPPING),
+        # Docker's restart of a container that ignores SIGTERM: SIGKILL after the stop timeout.
+        ([("kill", 0.0), ("kill", 10.0), ("die", 10.01), ("stop", 10.02)], DeathCause.STOPPING),
+        ([("kill", 0.0), ("die", 0.01)], DeathCause.KILLED),
+        ([("die", 0.0)], DeathCause.CRASH),
+        # A SIGHUP that reloads a service is a `kill` too, and a death long after it is a crash.
+        ([("kill", 0.0), ("die", 5.0)], DeathCause.CRASH),
+        ([("kill", 0.0), ("start", 0.5), ("die", 1.0)], DeathCause.CRASH),
+    ],
+)
+def test_tracker_classifies_deaths(steps: list[tuple[str, float]], cause: DeathCause) -> None:
     clock = FakeClock()
+    start = clock.now
     tracker = RestartTracker(window=100.0, clock=clock)
 
-    tracker.note_event(event("kill"))
-    tracker.note_event(event("die"))
-    stopped = tracker.state("postfix-mailcow", container(status="exited"))
-    tracker.note_event(event("start"))
-    clock.now += 1
-    tracker.note_event(event("die"))
-    crashed = tracker.state("postfix-mailcow", container(status="exited"))
+    for action, at in steps:
+        clock.now = start + at
+        tracker.note_event(event(action))
+    state = tracker.state("postfix-mailcow", container(status="exited", policy="no"))
 
-    assert stopped.stopped_on_purpose
-    assert not crashed.stopped_on_purpose
+    assert state.cause is cause
+    assert state.restarts == 1
+
+
+def test_tracker_reports_no_cause_without_death() -> None:
+    tracker = RestartTracker(window=100.0, clock=FakeClock())
+    tracker.note_event(event("kill"))
+
+    state = tracker.state("postfix-mailcow", container())
+
+    assert state.cause is None
+    assert state.died_for is None
 
 
 def test_tracker_maps_events_without_service() -> None:
@@ -292,3 +347,59 @@ def test_probe_reads_all_for_unknown_or_gone_containers() -> None:
     assert engine.lists == 3
     assert not gone.ok
     assert gone.detail == "redis-mailcow: no container"
+
+
+def test_probe_tolerates_docker_restart_of_master_container() -> None:
+    clock = FakeClock()
+    engine = FakeEngine([container(), container("redis-mailcow")])
+    probe = ContainerProbe(
+        engine,  # type: ignore[arg-type]
+        project="project",
+        critical_services=["postfix-mailcow", "redis-mailcow"],
+        interval=5.0,
+        tolerance=3,
+        window=600.0,
+        restart_wait=10.0,
+        clock=clock,
+    )
+    deadline = Deadline.after("test", 5)
+    probe.check(Role.MASTER, deadline)
+
+    # `docker restart` as mailcow's watchdog sends it: the stop signal, the death, then `stop`.
+    engine.containers = [container(status="exited", exit_code=0), container("redis-mailcow")]
+    for action in ("kill", "die", "stop"):
+        probe.note_event(event(action))
+    clock.now += 1.0
+    between = probe.check(Role.MASTER, deadline)
+    clock.now += 9.5
+    never_started = probe.check(Role.MASTER, deadline)
+
+    assert between.ok, between.detail
+    assert between.detail == "2 critical services, restarting: postfix-mailcow"
+    assert not never_started.ok
+    assert never_started.detail == "postfix-mailcow: exited (exit code 0)"
+
+
+def test_probe_fails_killed_master_container_at_once() -> None:
+    clock = FakeClock()
+    engine = FakeEngine([container(), container("redis-mailcow")])
+    probe = ContainerProbe(
+        engine,  # type: ignore[arg-type]
+        project="project",
+        critical_services=["postfix-mailcow", "redis-mailcow"],
+        interval=5.0,
+        tolerance=3,
+        window=600.0,
+        restart_wait=10.0,
+        clock=clock,
+    )
+    deadline = Deadline.after("test", 5)
+    probe.check(Role.MASTER, deadline)
+
+    engine.containers = [container(status="exited", exit_code=137), container("redis-mailcow")]
+    probe.note_event(event("kill"))
+    probe.note_event(event("die"))
+    killed = probe.check(Role.MASTER, deadline)
+
+    assert not killed.ok
+    assert killed.detail == "postfix-mailcow: exited (exit code 137)"

@@ -222,7 +222,8 @@ class HealthSettings(_Section):
     retry_interval: Seconds = 0.1
     """After a probe fails, it runs again this soon, so that consecutive failures confirm quickly."""
     restart_wait: Seconds = 10.0
-    """How long a died container whose restart policy restarts it may stay down within the tolerance."""
+    """How long a died container may stay down while a start is expected: its restart policy restarts it,
+    or the engine reported a restart or stop of it."""
     failed_transition_hold: Seconds = 60.0
     """How long the node reports unhealthy after a failed promote, so that another node takes over."""
     watchdog_timeout: Annotated[float, Field(ge=2, le=300)] = 10.0

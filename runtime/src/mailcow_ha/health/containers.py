@@ -1,15 +1,23 @@
 """The container probe: on the master every critical container runs and is healthy; on a standby none runs.
 
 mailcow's own watchdog and the engine's restart policies restart containers, so a restart is
-tolerated up to `restart_tolerance` times inside `restart_window`. A container that died and
-that its restart policy will bring back counts as restarting for up to `restart_wait` seconds.
-One stopped on purpose (a stop or SIGKILL through the engine), or one without such a policy,
-fails at once. Deaths are counted from the engine's `die` events and, for restarts the event
-stream missed, from the containers' RestartCount.
+tolerated up to `restart_tolerance` times inside `restart_window`. Every death counts once,
+from the engine's `die` events and, for restarts the event stream missed, from the containers'
+RestartCount. A container that died stays tolerated for up to `restart_wait` seconds while a
+start is expected. The events around its death tell whether one is:
+- a `restart` event means the engine starts it again. podman sends it before the death,
+  Docker after the new start;
+- a `stop` event means a start may follow. Docker sends it after the death, both for
+  `docker stop` and for `docker restart`, which differ only in the start that follows;
+- a plain `die` is a crash, or a stop through podman 4.3's API, which reports nothing else.
+  The engine restarts it only under an `always`, `unless-stopped` or failing `on-failure` policy;
+- a `kill` without the events above (`docker kill`, `podman kill`) is a kill on purpose.
+  Nothing restarts the container, so the service fails at once.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import defaultdict, deque
@@ -22,8 +30,29 @@ from mailcow_ha.errors import MailcowHaError
 from mailcow_ha.health.verdict import CONTAINERS, ProbeResult, Role
 
 RESTARTING_POLICIES = ("always", "unless-stopped")
-_PURPOSEFUL_STOP_WINDOW = 15.0
-"""A `die` within this many seconds of a `stop` or `kill` event of the same container was on purpose."""
+EVENT_MATCH_WINDOW = 15.0
+"""Seconds between a `stop` or `restart` event and a `die` of the same container that tie them.
+
+Docker waits up to the stop timeout (10 s by default) between the stop signal and the death,
+and sends `stop` after the death. The window leaves room for that."""
+KILL_MATCH_WINDOW = 2.0
+"""Seconds from a `kill` event to a `die` that it caused.
+
+A signal that kills (SIGKILL) ends the container at once. A longer gap means another signal,
+such as the SIGHUP that reloads a service, and a later death is then judged as a crash."""
+
+
+class DeathCause(enum.StrEnum):
+    """The cause of a container's latest death, as the engine's events show it."""
+
+    CRASH = "crash"
+    """A plain `die`: a crash, or a stop that podman 4.3 reported as nothing but `die`."""
+    KILLED = "killed"
+    """A `kill` without a stop or restart: nothing starts the container again."""
+    STOPPING = "stopping"
+    """A `stop`: Docker sends it for a stop and for a restart, so a start may follow."""
+    RESTARTING = "restarting"
+    """A `restart` event: the engine starts the container again."""
 
 
 @dataclass(frozen=True)
@@ -36,16 +65,24 @@ class ServiceState:
     """Deaths of the service's containers inside the restart window."""
     died_for: float | None = None
     """Seconds since the latest death, None if none was seen."""
-    stopped_on_purpose: bool = False
+    cause: DeathCause | None = None
+    """The cause that the events around the latest death show, None if no death was seen."""
 
 
-def will_restart(container: ContainerInfo, *, stopped_on_purpose: bool) -> bool:
-    """Return whether the engine restarts this stopped container by itself."""
-    if stopped_on_purpose:
-        return False
+def policy_restarts(container: ContainerInfo) -> bool:
+    """Return whether the container's restart policy makes the engine start it again after a crash."""
     if container.restart_policy in RESTARTING_POLICIES:
         return True
     return container.restart_policy == "on-failure" and container.exit_code != 0
+
+
+def start_expected(container: ContainerInfo, cause: DeathCause | None) -> bool:
+    """Return whether a start may still follow the death of this stopped container."""
+    if cause is DeathCause.KILLED:
+        return False
+    if cause in (DeathCause.RESTARTING, DeathCause.STOPPING):
+        return True
+    return policy_restarts(container)
 
 
 def evaluate_service(state: ServiceState, *, tolerance: int, window: float, restart_wait: float) -> str | None:
@@ -58,9 +95,7 @@ def evaluate_service(state: ServiceState, *, tolerance: int, window: float, rest
     if container.running:
         return f"{state.service}: unhealthy" if container.health == "unhealthy" else None
     restarting = container.status == "restarting" or (
-        will_restart(container, stopped_on_purpose=state.stopped_on_purpose)
-        and state.died_for is not None
-        and state.died_for <= restart_wait
+        state.died_for is not None and state.died_for <= restart_wait and start_expected(container, state.cause)
     )
     if restarting:
         return None
@@ -116,7 +151,8 @@ class RestartTracker:
         self._deaths: defaultdict[str, deque[float]] = defaultdict(deque)
         self._restart_counts: dict[str, int] = {}
         self._deaths_since_poll: defaultdict[str, int] = defaultdict(int)
-        self._stopped_at: dict[str, float] = {}
+        self._requests: defaultdict[str, dict[str, float]] = defaultdict(dict)
+        """Container id -> the latest `kill`, `stop` and `restart` event times, cleared by a `start`."""
         self._latest_death: dict[str, tuple[str, float]] = {}
         self._service_of: dict[str, str] = {}
 
@@ -142,14 +178,16 @@ class RestartTracker:
     def _note_event(self, event: ContainerEvent) -> None:
         now = self._clock()
         service = event.service or self._service_of.get(event.container_id, "")
-        if event.action in ("stop", "kill"):
-            self._stopped_at[event.container_id] = now
+        if event.action in ("kill", "stop", "restart"):
+            self._requests[event.container_id][event.action] = now
         elif event.action == "die" and service and self._counting:
             self._deaths[service].append(now)
             self._deaths_since_poll[event.container_id] += 1
             self._latest_death[service] = (event.container_id, now)
         elif event.action == "start":
-            self._stopped_at.pop(event.container_id, None)
+            # Docker sends `restart` right after the start that ends a restart; that one is kept,
+            # and a later death matches it only inside EVENT_MATCH_WINDOW.
+            self._requests.pop(event.container_id, None)
 
     def note_poll(self, containers: Iterable[ContainerInfo]) -> None:
         """Count restarts that RestartCount shows but no `die` event reported."""
@@ -178,12 +216,32 @@ class RestartTracker:
         while deaths and deaths[0] < now - self.window:
             deaths.popleft()
         latest = self._latest_death.get(service)
-        died_for = None if latest is None else now - latest[1]
-        stopped_on_purpose = False
-        if container is not None and latest is not None:
-            stopped_at = self._stopped_at.get(container.id)
-            stopped_on_purpose = stopped_at is not None and abs(latest[1] - stopped_at) <= _PURPOSEFUL_STOP_WINDOW
-        return ServiceState(service, container, len(deaths), died_for, stopped_on_purpose)
+        if latest is None:
+            return ServiceState(service, container, len(deaths))
+        container_id, died_at = latest
+        cause = classify_death(self._requests.get(container_id, {}), died_at)
+        return ServiceState(service, container, len(deaths), now - died_at, cause)
+
+
+def classify_death(requests: dict[str, float], died_at: float) -> DeathCause:
+    """Tell from the `kill`, `stop` and `restart` event times of a container why it died at `died_at`.
+
+    `restart` and `stop` count before and after the death, because the engines order them
+    differently. `kill` counts only shortly before it, because it is what ends the container.
+    """
+
+    def near(action: str) -> bool:
+        at = requests.get(action)
+        return at is not None and abs(at - died_at) <= EVENT_MATCH_WINDOW
+
+    if near("restart"):
+        return DeathCause.RESTARTING
+    if near("stop"):
+        return DeathCause.STOPPING
+    killed_at = requests.get("kill")
+    if killed_at is not None and died_at - KILL_MATCH_WINDOW <= killed_at <= died_at:
+        return DeathCause.KILLED
+    return DeathCause.CRASH
 
 
 class ContainerProbe:
