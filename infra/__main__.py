@@ -16,7 +16,8 @@ from pydantic import SecretStr
 from cluster import Cluster, ClusterArgs
 from existing import change_problems, read_existing
 from mailcow_ha.errors import CloudError, ConfigError
-from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, StackConfig, parse_stack, resolve_runtime_ref
+from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, StackConfig, parse_stack
+from mailcow_ha.stack_git import resolve_runtime_ref, unpublished_warning
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEFAULT_ENDPOINT = "https://api.hetzner.cloud/v1"
@@ -77,6 +78,9 @@ def main() -> None:
         stack, _ = resolve_runtime_ref(stack, REPOSITORY, allow_dirty=False)
     except ConfigError as error:
         raise pulumi.RunError(str(error)) from None
+    warning = unpublished_warning(stack, REPOSITORY)
+    if warning:
+        pulumi.log.warn(warning)
     check_running_cluster(stack)
 
     token = secret_output(stack, "hcloud_token")

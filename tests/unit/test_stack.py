@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from mailcow_ha.errors import ConfigError
-from mailcow_ha.stack import KEYS, KEYS_BY_NAME, Placeholder, parse_stack, resolve_runtime_ref
+from mailcow_ha.stack import KEYS, KEYS_BY_NAME, Placeholder, parse_stack
+from mailcow_ha.stack_git import repository_identity, resolve_runtime_ref, unpublished_warning
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 TOKEN = "hcloud-token-must-stay-secret"
@@ -285,6 +286,59 @@ def test_runtime_ref_resolved_from_git(tmp_path: Path) -> None:
         resolve_runtime_ref(stack, tmp_path, allow_dirty=False)
     _, warning = resolve_runtime_ref(stack, tmp_path, allow_dirty=True)
     assert warning is not None
+
+
+def make_checkout(path: Path, remote_url: str) -> str:
+    """Create a git checkout whose remote `origin` is `remote_url`; return its HEAD commit."""
+
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(["git", "-C", str(path), *arguments], capture_output=True, text=True, check=True)
+        return completed.stdout.strip()
+
+    git("init", "-q")
+    git("remote", "add", "origin", remote_url)
+    (path / "file").write_text("one\n", encoding="utf-8")
+    git("add", "file")
+    git("-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "one")
+    return git("rev-parse", "HEAD")
+
+
+def test_pushed_commit_not_warned(tmp_path: Path) -> None:
+    head = make_checkout(tmp_path, "git@git.example.org:ops/mailcow-ha.git")
+    subprocess.run(["git", "-C", str(tmp_path), "update-ref", "refs/remotes/origin/main", head], check=True)
+
+    assert unpublished_warning(parse(runtimeRef=head), tmp_path) is None
+
+
+def test_unpushed_commit_warned(tmp_path: Path) -> None:
+    head = make_checkout(tmp_path, "https://git.example.org/ops/mailcow-ha")
+
+    warning = unpublished_warning(parse(runtimeRef=head), tmp_path)
+
+    assert warning is not None
+    assert f"commit {head} is on no branch of remote origin" in warning
+
+
+def test_other_remote_warned(tmp_path: Path) -> None:
+    head = make_checkout(tmp_path, "https://github.com/someone/fork.git")
+
+    warning = unpublished_warning(parse(runtimeRef=head), tmp_path)
+
+    assert warning is not None
+    assert "no git remote of" in warning
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://git.example.org/ops/mailcow-ha.git",
+        "https://Git.Example.org/ops/mailcow-ha/",
+        "ssh://git@git.example.org:2222/ops/mailcow-ha.git",
+        "git@git.example.org:ops/mailcow-ha.git",
+    ],
+)
+def test_repository_url_forms_equal(url: str) -> None:
+    assert repository_identity(url) == "git.example.org/ops/mailcow-ha"
 
 
 def test_runtime_ref_outside_git_fails(tmp_path: Path) -> None:

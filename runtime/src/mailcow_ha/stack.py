@@ -11,13 +11,10 @@ they are replaced by placeholders that name the key.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -58,7 +55,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(
         "location",
         "string",
-        "Hetzner location of every server, volume and floating IP (fsn1, nbg1, hel1, ash, hil, sin); fixed at creation.",
+        "Hetzner location of every server, volume and floating IP (fsn1, nbg1, hel1, ash, hil, sin); "
+        "fixed at creation.",
         "fsn1",
     ),
     KeySpec(
@@ -80,7 +78,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(
         "adminSshKeys",
         "array",
-        "OpenSSH public keys allowed to log in as root on nodes created afterwards; none may be in the project already.",
+        "OpenSSH public keys allowed to log in as root on nodes created afterwards; "
+        "none may be in the project already.",
         [],
     ),
     KeySpec(
@@ -113,7 +112,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(
         "hcloudToken",
         "string",
-        "Hetzner API token used by the nodes at run time (read and write); set with --secret. Nodes keep the token they were created with.",
+        "Hetzner API token used by the nodes at run time (read and write); set with --secret. "
+        "Nodes keep the token they were created with.",
         secret=True,
         required=True,
     ),
@@ -437,40 +437,3 @@ class _Reader:
             except ValueError as error:
                 self.problems.append(f"{PROJECT}:{key}: URL number {position} is invalid; {error}")
         return urls
-
-
-def resolve_runtime_ref(config: StackConfig, repository: Path, *, allow_dirty: bool) -> tuple[StackConfig, str | None]:
-    """Fill in an empty runtimeRef with the commit checked out in `repository`.
-
-    Returns the config and a warning, if any. A working tree with uncommitted changes is
-    rejected unless `allow_dirty` (the offline review), because nodes install the commit, not
-    the changes. Raises ConfigError when git cannot tell the commit.
-    """
-    if config.runtime_ref:
-        return config, None
-    head = _git(repository, "rev-parse", "HEAD")
-    changes = _git(repository, "status", "--porcelain", "--untracked-files=no")
-    warning = None
-    if changes:
-        message = (
-            f"runtimeRef is empty and {repository} has uncommitted changes; nodes would install {head} "
-            "without them. Commit them, or set runtimeRef to the commit to deploy"
-        )
-        if not allow_dirty:
-            raise ConfigError(message)
-        warning = message
-    return dataclasses.replace(config, runtime_ref=head), warning
-
-
-def _git(repository: Path, *arguments: str) -> str:
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(repository), *arguments], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise ConfigError(f"git {arguments[0]} in {repository} failed ({error}); set runtimeRef explicitly") from None
-    if result.returncode != 0:
-        raise ConfigError(
-            f"git {arguments[0]} in {repository} failed: {result.stderr.strip()}; set runtimeRef explicitly"
-        )
-    return result.stdout.strip()

@@ -33,7 +33,8 @@ from mailcow_ha.render.nodeconfig import (
     keepalived_inputs,
     node_config_document,
 )
-from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, Placeholder, StackConfig, parse_stack, resolve_runtime_ref
+from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, Placeholder, StackConfig, parse_stack
+from mailcow_ha.stack_git import resolve_runtime_ref, unpublished_warning
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def run(args: argparse.Namespace) -> ExitCode:
     project_dir: Path = args.project_dir
     stack = load_stack(project_dir, args.stack, node_count=args.node_count)
     stack, warning = resolve_runtime_ref(stack, project_dir, allow_dirty=True)
-    if warning:
-        log.warning("%s", warning)
+    for message in (warning, unpublished_warning(stack, project_dir)):
+        if message:
+            log.warning("%s", message)
 
     written = render_stack(stack, project_dir / "cloud-init", args.out)
     print(plan_summary(stack, args.out), file=sys.stdout)
