@@ -99,15 +99,34 @@ def test_missing_stack_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert f"{tmp_path}/Pulumi.test.yaml not found" in capsys.readouterr().err
 
 
-def test_invalid_node_count_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("count", ["1", "4", "11", "-3"])
+def test_invalid_node_count_override(tmp_path: Path, capsys: pytest.CaptureFixture[str], count: str) -> None:
     project = tmp_path / "project"
     project.mkdir()
     write_stack(project, base_config())
 
-    code = render(project, tmp_path / "out", "--node-count", "4")
+    code = render(project, tmp_path / "out", f"--node-count={count}")
 
     assert code == ExitCode.CONFIG
-    assert "mailcow-ha:nodeCount: invalid value 4" in capsys.readouterr().err
+    assert f"mailcow-ha:nodeCount: invalid value {count}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("config:\n  mailcow-ha:nodeCount: [5\n", "could not be read"),
+        ("- just\n- a list\n", "has no `config:` mapping"),
+        ("config: 5\n", "has no `config:` mapping"),
+    ],
+)
+def test_broken_stack_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:
+    (tmp_path / "Pulumi.test.yaml").write_text(text, encoding="utf-8")
+
+    code = render(tmp_path, tmp_path / "out")
+
+    assert code == ExitCode.CONFIG
+    assert f"Pulumi.test.yaml {message}" in capsys.readouterr().err
 
 
 def test_output_path_is_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
 import ipaddress
 from pathlib import Path
@@ -93,6 +94,21 @@ def test_user_data_independent_of_node_count() -> None:
         nine = render_user_data(make_stack(nodeCount=9), index, make_cloud(index), SECRETS, STATIC)
 
         assert three == nine
+
+
+def test_user_data_independent_of_ssh_keys() -> None:
+    """Admin keys reach servers through Hetzner's SSH keys, so long keys cost no user data."""
+    keys = []
+    for number in range(20):
+        modulus = bytes([0, number + 1]) + bytes(511)
+        blob = b"".join(len(part).to_bytes(4, "big") + part for part in (b"ssh-rsa", b"\x01\x00\x01", modulus))
+        keys.append(f"ssh-rsa {base64.b64encode(blob).decode()} admin{number}@example.org")
+    with_keys = make_stack(nodeCount=9, adminSshKeys=keys)
+
+    for index in (1, 9):
+        assert render_user_data(with_keys, index, make_cloud(index), SECRETS, STATIC) == render_user_data(
+            make_stack(nodeCount=9), index, make_cloud(index), SECRETS, STATIC
+        )
 
 
 def test_user_data_within_limit_for_all_nodes() -> None:
