@@ -342,3 +342,28 @@ def test_positions_from_synced_members(galera, tmp_path, capsys):
     assert code == ExitCode.OK
     for node in galera.nodes:
         assert f"{node.name}: primary, seqno" in output
+
+
+def test_bootstrap_with_replaced_member(galera):
+    """A member whose data directory is empty (a replaced server) joins only when the operator says so."""
+    node1, node2, node3 = galera.nodes
+    write_rows(node1, "before-replacement")
+    galera.stop_ordered([3, 1, 2])
+    for entry in node3.data_dir.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    members = local_members(galera)
+
+    with pytest.raises(Refused) as rejected:
+        galera_ops.run_bootstrap(member_list(galera), transport_for(members), start_timeout=120.0)
+    assert f"{node3.name} reported no Galera data at all" in str(rejected.value)
+    assert not any(node.running for node in galera.nodes)
+
+    plan = galera_ops.run_bootstrap(member_list(galera), transport_for(members), force=node2.name, start_timeout=120.0)
+
+    assert plan.node == node2.name
+    assert plan.joiners == (node1.name, node3.name)
+    galera.wait_healthy(timeout=90)
+    assert count_rows(node3, "before-replacement") >= 3

@@ -218,3 +218,50 @@ def test_position_round_trips_as_dict():
 def test_position_from_malformed_dict_rejected():
     with pytest.raises(DatabaseError, match="malformed"):
         MemberPosition.from_dict({"node": "node-1", "state": "sleeping"})
+
+
+def test_member_without_data_needs_force():
+    reports = [report(1, stopped("node-1", 40)), report(2, stopped("node-2", 42)), report(3, fresh("node-3"))]
+
+    plan = plan_bootstrap(reports)
+
+    assert plan.action is BootstrapAction.REJECT
+    assert "node-3 reported no Galera data at all" in plan.reason
+    assert "rerun with --force" in plan.reason
+    assert "wsrep-recover" not in plan.reason
+
+
+def test_force_lets_empty_member_join():
+    reports = [report(1, stopped("node-1", 40)), report(2, stopped("node-2", 42)), report(3, fresh("node-3"))]
+
+    plan = plan_bootstrap(reports, force="node-2")
+
+    assert plan.action is BootstrapAction.BOOTSTRAP
+    assert plan.node == "node-2"
+    assert plan.joiners == ("node-1", "node-3")
+    assert "node-3 without data join as new members because of --force" in plan.reason
+
+
+def test_force_never_bootstraps_empty_member():
+    reports = [report(1, stopped("node-1", 40)), report(2, fresh("node-2"))]
+
+    plan = plan_bootstrap(reports, force="node-2")
+
+    assert plan.action is BootstrapAction.REJECT
+    assert "node-2, which has no Galera data" in plan.reason
+
+
+def test_force_still_rejects_older_member_among_empty():
+    reports = [report(1, stopped("node-1", 40)), report(2, stopped("node-2", 42)), report(3, fresh("node-3"))]
+
+    plan = plan_bootstrap(reports, force="node-1")
+
+    assert plan.action is BootstrapAction.REJECT
+    assert "would discard newer transactions" in plan.reason
+
+
+def test_all_members_empty_points_to_first_boot():
+    plan = plan_bootstrap([report(1, fresh("node-1")), report(2, fresh("node-2"))], force="node-1")
+
+    assert plan.action is BootstrapAction.REJECT
+    assert "galera first-boot" in plan.reason

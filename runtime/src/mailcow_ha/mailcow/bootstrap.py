@@ -83,6 +83,16 @@ def plan_bootstrap(reports: Sequence[MemberReport], *, force: str | None = None)
     if force is not None and force in unreachable:
         return BootstrapPlan(BootstrapAction.REJECT, f"--force names {force}, which is unreachable:\n{table}")
 
+    empty = [position.node for position in positions if position.brand_new]
+    if empty and force is None:
+        return BootstrapPlan(
+            BootstrapAction.REJECT,
+            f"{', '.join(empty)} reported no Galera data at all: a new or replaced member, or one whose database "
+            "volume is not mounted (its transactions would then be unknown). If its data directory is meant to "
+            "be empty, rerun with --force naming the member to bootstrap; the empty members then join it:\n"
+            f"{table}",
+        )
+    positions = [position for position in positions if not position.brand_new]
     unknown = [position.node for position in positions if not position.known]
     if unknown:
         return BootstrapPlan(
@@ -98,7 +108,15 @@ def plan_bootstrap(reports: Sequence[MemberReport], *, force: str | None = None)
             f"decide by hand which history to keep:\n{table}",
         )
     if not positions:
-        return BootstrapPlan(BootstrapAction.REJECT, f"no member reported a position:\n{table}")
+        return BootstrapPlan(
+            BootstrapAction.REJECT,
+            f"no member reported a position with data; a brand-new cluster forms with "
+            f"`mailcow-ha galera first-boot`:\n{table}",
+        )
+    if force is not None and force in empty:
+        return BootstrapPlan(
+            BootstrapAction.REJECT, f"--force names {force}, which has no Galera data to bootstrap from:\n{table}"
+        )
 
     index_of = {report.node: report.index for report in reports}
     best = max(positions, key=lambda position: (position.seqno, position.safe_to_bootstrap, -index_of[position.node]))
@@ -115,6 +133,8 @@ def plan_bootstrap(reports: Sequence[MemberReport], *, force: str | None = None)
 
     joiners = tuple(name for name in stopped if name != chosen.node)
     assumed = f"; {', '.join(unreachable)} assumed not ahead because of --force" if unreachable else ""
+    if empty:
+        assumed += f"; {', '.join(empty)} without data join as new members because of --force"
     return BootstrapPlan(
         BootstrapAction.BOOTSTRAP,
         f"{chosen.node} has the highest seqno {chosen.seqno}{assumed}:\n{table}",
