@@ -163,3 +163,18 @@ def test_standby_checks_out_master_commit(tmp_path):
     assert git(standby, "rev-parse", "HEAD") == commit
     assert "new-cache-vol-1" in merged_config(standby)["volumes"]
     assert oct((standby / "docker-compose.override.yml").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_dollar_in_password_survives_interpolation(tmp_path):
+    directory = write_checkout(tmp_path / "mailcow-dockerized")
+    password = "Pa$word$$x${HOME}"
+    document = deep_update(node_config_dict(), "mailcow", {"db_password": password})
+    inputs = compose.inputs_from_config(parse_config(document))
+    override = compose.render_override(inputs, compose.load_base(directory / "docker-compose.yml"))
+    (directory / "docker-compose.override.yml").write_text(compose.dump_override(override))
+
+    services = merged_config(directory)["services"]
+
+    # `config` prints the merged file in compose syntax, so a literal `$` comes out as `$$`.
+    for name in compose.database_services(compose_document()):
+        assert services[name]["environment"]["DBPASS"].replace("$$", "$") == password, name

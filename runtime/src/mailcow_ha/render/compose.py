@@ -137,11 +137,27 @@ def render_override(inputs: OverrideInputs, base: Mapping[str, Any]) -> dict[str
 
     volumes: dict[str, Any] = {name: _bind_volume(inputs.data_dir / name) for name in STATEFUL_VOLUMES}
     volumes[SOCKET_VOLUME] = _bind_volume(inputs.socket_dir)
-    return {
+    document = {
         "x-mailcow-ha": {"project-name": inputs.project_name, "data-dir": str(inputs.data_dir)},
         "services": dict(sorted(override_services.items())),
         "volumes": volumes,
     }
+    escaped: dict[str, Any] = _escape_interpolation(document)
+    return escaped
+
+
+def _escape_interpolation(value: Any) -> Any:
+    """Double every `$` in string values, because compose substitutes `$NAME` and `${NAME}` in them.
+
+    A database password such as `pa$word` would otherwise reach mailcow as `pa` with a warning.
+    """
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_escape_interpolation(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _escape_interpolation(item) for key, item in value.items()}
+    return value
 
 
 def database_services(base: Mapping[str, Any]) -> list[str]:
