@@ -109,3 +109,11 @@ def test_nonce_cache_is_bounded():
         assert cache.use(f"{number:032x}", NOW)
 
     assert len(cache._seen) <= 3
+
+
+@pytest.mark.parametrize("sent_at", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_date_rejected(sent_at):
+    result = verify_signature(SECRET, "prod", signed(now=sent_at), now=NOW)
+
+    assert not result.ok
+    assert result.reason == f"{DATE_HEADER} must be a Unix time in seconds"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import threading
@@ -98,6 +99,9 @@ def verify_signature(
     try:
         sent_at = float(date)
     except ValueError:
+        sent_at = math.nan
+    # float() also accepts "nan", which would pass the skew check below and never expire.
+    if not math.isfinite(sent_at):
         return AuthResult(False, f"{DATE_HEADER} must be a Unix time in seconds")
     if abs(now - sent_at) > max_skew:
         return AuthResult(
