@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from harness.failovernode import FailoverNode, failover_node, master_token
+from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService
 from mailcow_ha.agent.snapshot import NodeSnapshot, TransitionSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
@@ -35,11 +36,14 @@ SECRET = "gc-test-secret"
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[PodmanService]:
-    service = PodmanService.start()
-    try:
-        yield service
-    finally:
-        service.close()
+    # The module's mounts stay in its own mount namespace, podman's containers included, so that
+    # namespaces other test runs create meanwhile do not keep the shared volume busy.
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()
 
 
 class AgentStandIn:
