@@ -129,7 +129,8 @@ class Cluster(pulumi.ComponentResource):
             automount=False,
             labels={**self._labels, "role": "shared-data"},
             # The shared volume contains every mailbox, so deleting it takes an explicit unprotect.
-            opts=self._child(protect=True),
+            # The runtime moves it between servers, and server_id is how the provider shows that.
+            opts=self._child(protect=True, ignore_changes=["server_id"]),
         )
 
         kinds = {"ipv4": self.floating_ipv4, "ipv6": self.floating_ipv6}
@@ -178,7 +179,8 @@ class Cluster(pulumi.ComponentResource):
             home_location=self._stack.location,
             labels=self._labels,
             # The address is in DNS, SPF and the reverse DNS, so a new one takes an explicit unprotect.
-            opts=self._child(protect=True),
+            # The runtime assigns it to the master, and server_id is how the provider shows that.
+            opts=self._child(protect=True, ignore_changes=["server_id"]),
         )
 
     def _node(
