@@ -27,6 +27,13 @@ pytestmark = pytest.mark.integration
 PROJECT = "mailcowdockerized"
 
 
+@pytest.fixture(autouse=True)
+def own_mount_namespace() -> Iterator[None]:
+    """Keep each test's mounts out of the namespaces that concurrent test runs create."""
+    with private_mount_namespace():
+        yield
+
+
 @pytest.fixture
 def mailcow_db(galera: GaleraCluster) -> Iterator[str]:
     schema = f"mailcow_backup_{os.getpid()}_{random.randrange(10000)}"
@@ -204,7 +211,7 @@ def test_unwritable_backup_directory_rejected(galera, mailcow_db, tmp_path, caps
     target = tmp_path / "read-only"
     target.mkdir()
 
-    with private_mount_namespace(), read_only(target):
+    with read_only(target):
         code = main(["--config", config, "backup", "--to", str(target), "--database-only"])
 
     assert code == ExitCode.FAILED
@@ -220,20 +227,19 @@ def test_full_disk_leaves_no_partial_backup(galera, mailcow_db, tmp_path):
     )
     volume = LoopVolume.create(size_mb=8, mmp=False, parent=tmp_path)
     try:
-        with private_mount_namespace():
-            disk = tmp_path / "small-disk"
-            disk.mkdir()
-            subprocess.run(["mount", str(volume.device), str(disk)], check=True, timeout=30)
-            try:
-                (disk / "backups").mkdir()
-                fill_until_kib_left(disk / "filler", 256)
+        disk = tmp_path / "small-disk"
+        disk.mkdir()
+        subprocess.run(["mount", str(volume.device), str(disk)], check=True, timeout=30)
+        try:
+            (disk / "backups").mkdir()
+            fill_until_kib_left(disk / "filler", 256)
 
-                with pytest.raises(backup.BackupError) as failed:
-                    backup.run_backup(config, disk / "backups", mail=False)
+            with pytest.raises(backup.BackupError) as failed:
+                backup.run_backup(config, disk / "backups", mail=False)
 
-                leftovers = list((disk / "backups").iterdir())
-            finally:
-                subprocess.run(["umount", str(disk)], check=False, timeout=30)
+            leftovers = list((disk / "backups").iterdir())
+        finally:
+            subprocess.run(["umount", str(disk)], check=False, timeout=30)
     finally:
         volume.close()
 
@@ -255,7 +261,7 @@ def test_restore_from_read_only_backup(galera, mailcow_db, tmp_path):
     result = backup.run_backup(config, tmp_path / "backups", mail=False)
     galera.nodes[0].execute(f"DELETE FROM {mailcow_db}.mailbox WHERE username = 'bob@example.org'")
 
-    with private_mount_namespace(), read_only(result.directory):
+    with read_only(result.directory):
         backup.restore_database(config, result.directory)
 
     rows = galera.nodes[1].execute(f"SELECT username FROM {mailcow_db}.mailbox ORDER BY username")

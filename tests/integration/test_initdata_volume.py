@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.loopdev import private_mount_namespace
 from harness.nodeconfig import deep_update, node_config_dict, write_node_config
 from mailcow_ha.cli import main
 from mailcow_ha.errors import ExitCode, Refused
@@ -60,6 +61,13 @@ class LoopVolume:
         for device in self.devices:
             subprocess.run(["losetup", "-d", str(device)], capture_output=True, check=False, timeout=60)
         self.image.unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def own_mount_namespace() -> Iterator[None]:
+    """Keep each test's mounts out of the namespaces that concurrent test runs create."""
+    with private_mount_namespace():
+        yield
 
 
 @pytest.fixture
