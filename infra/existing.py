@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from hcloud.servers.client import BoundServer
 
 VRRP_LABELS = {"vrrp-router-id": "virtualRouterId", "vrrp-advert-int": "advertInterval"}
-"""Server labels holding the VRRP settings a node was created with, and the config key of each."""
-REQUEST_TIMEOUT = (5.0, 30.0)
+"""Server labels that record the VRRP settings a node was created with, and the config key of each."""
+REQUEST_TIMEOUT = (5.0, 15.0)
 """Connect and read timeout in seconds of each request."""
 MAX_RETRIES = 2
 """Repeats of a request that timed out or hit a transient API error (hcloud's default is 5, up to 60 s apart)."""
@@ -128,7 +128,8 @@ def change_problems(stack: StackConfig, existing: ExistingCluster) -> list[str]:
         if server.index <= stack.node_count and server.private_ip not in (None, expected):
             problems.append(
                 f"{server.name} has private address {server.private_ip}, but networkCidr and subnetCidr give it "
-                f"{expected}: both are fixed at creation, because each node's config holds its address. Set them back"
+                f"{expected}: both are fixed at creation, because each node's config contains its address. "
+                "Set them back"
             )
             break
     problems.extend(_vrrp_problems(stack, existing))
