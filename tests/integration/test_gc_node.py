@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from harness.failovernode import FailoverNode, failover_node, master_token
+from harness.fakecloud.faults import Fault
 from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService
 from mailcow_ha.agent.snapshot import NodeSnapshot, TransitionSnapshot
@@ -322,3 +324,57 @@ def test_report_json_shape(node: FailoverNode, agent: AgentStandIn) -> None:
     ]
     assert text.startswith(f"would   remove-file {leftover}")
     assert leftover.exists()
+
+
+def test_hung_cloud_api_leaves_lock_free(node: FailoverNode, agent: AgentStandIn) -> None:
+    promote(node)
+    agent.vrrp_state = "MASTER"
+    node.env.fake.faults.add(Fault(operation="*", count=None, hang=1.5))
+    reports: list[GcReport] = []
+    runner = threading.Thread(target=lambda: reports.append(collect(node)))
+    lock = TransitionLock.in_run_dir(node.config.paths.run_dir)
+
+    runner.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    lock.acquire("demote", 10.0)
+    waited = time.monotonic() - started
+    runner.join(30)
+    lock.release()
+    node.env.fake.faults.clear()
+
+    assert waited < 0.5
+    assert reports[0].outcomes == []
+    assert "a transition is running" in reports[0].plan.notes[0]
+
+
+def test_dry_run_leaves_lock_free(node: FailoverNode, agent: AgentStandIn) -> None:
+    promote(node)
+    agent.vrrp_state = "BACKUP"
+    lock = TransitionLock.in_run_dir(node.config.paths.run_dir)
+    reading = threading.Event()
+
+    def slow_engine() -> tuple[str, ...]:
+        reading.set()
+        time.sleep(1.5)
+        return tuple(node.project.running())
+
+    collector = GarbageCollector(
+        node.config,
+        alerter=node.alerter,
+        client=StatusClient.from_config(node.config, timeout=2.0),
+        running_services=slow_engine,
+    )
+    reports: list[GcReport] = []
+    runner = threading.Thread(target=lambda: reports.append(collector.run(dry_run=True)))
+    runner.start()
+    assert reading.wait(10)
+    started = time.monotonic()
+    lock.acquire("promote", 10.0)
+    waited = time.monotonic() - started
+    lock.release()
+    runner.join(30)
+
+    assert waited < 0.5
+    assert outcome_kinds(reports[0]) == [(ActionKind.DEMOTE_STANDBY, "planned")]
+    assert node.mounted()

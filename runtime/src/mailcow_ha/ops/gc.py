@@ -20,7 +20,9 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.ops.fsgrow import GrowCandidate, needs_growth
 
 
@@ -192,3 +194,33 @@ def _volume_action(inputs: GcInputs, reason: str) -> GcAction:
             "run `mailcow-ha demote` here so another node takes over",
         )
     return GcAction(ActionKind.REPROMOTE, inputs.node, f"{reason}; promote runs again to take it back")
+
+
+@dataclass(frozen=True)
+class EarlyCloud:
+    """The cloud view read before the transition lock, and the role it was read for."""
+
+    role_mark: tuple[Any, ...]
+    cloud: CloudView | None
+    peers_busy: str | None
+
+
+def transition_running(snapshot: NodeSnapshot) -> bool:
+    """Return whether the agent reports a promote or demote running."""
+    return snapshot.transition is not None and bool(snapshot.transition.running)
+
+
+def role_mark(snapshot: NodeSnapshot) -> tuple[Any, ...]:
+    """Return what changes whenever this node's role changes or one of its transitions ends."""
+    transition = snapshot.transition
+    finished = None if transition is None else (transition.last_state, transition.last_finished_at)
+    return (snapshot.vrrp_state, snapshot.vrrp_state_since, finished)
+
+
+def role_of(vrrp_state: str) -> Role:
+    """Return the GC role of a keepalived state; UNKNOWN and anything unexpected give Role.UNKNOWN."""
+    if vrrp_state == "MASTER":
+        return Role.MASTER
+    if vrrp_state in ("BACKUP", "FAULT", "STOP"):
+        return Role.STANDBY
+    return Role.UNKNOWN

@@ -1,10 +1,12 @@
 """Run garbage collection on this node: read GcInputs, plan with `ops.gc`, execute or print the plan.
 
-The whole run holds the transition lock, taken without waiting: when a promote, demote or
-another GC holds it, this run does nothing. The node's role comes from its agent's snapshot,
-or from keepalived's data dump when the agent does not respond. The cloud API is read only on
-the master (two or three requests a minute with the default timer), and other members are
-asked for their state only before the volume would be taken back.
+The run holds the transition lock, taken without waiting: when a promote, demote or another
+GC holds it, this run does nothing. The node's role comes from its agent's snapshot, or from
+keepalived's data dump when the agent does not respond. The cloud API is read only on the master
+(two or three requests a minute with the default timer), and other members are asked for their
+state only before the volume would be taken back. While the agent responds, these reads happen
+before the lock is taken, so a hanging API never holds back a promote or demote of this node.
+A dry run takes no lock at all.
 """
 
 from __future__ import annotations
@@ -27,9 +29,22 @@ from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import MailcowHaError
 from mailcow_ha.failover.history import HistoryStore, RecordKind, RecordOutcome
-from mailcow_ha.failover.lock import LockTimeout, TransitionLock
+from mailcow_ha.failover.lock import LockTimeout, TransitionLock, current_holder
 from mailcow_ha.ops import fsgrow
-from mailcow_ha.ops.gc import ActionKind, CloudView, GcAction, GcInputs, GcPlan, Role, StaleFile, plan_gc
+from mailcow_ha.ops.gc import (
+    ActionKind,
+    CloudView,
+    EarlyCloud,
+    GcAction,
+    GcInputs,
+    GcPlan,
+    Role,
+    StaleFile,
+    plan_gc,
+    role_mark,
+    role_of,
+    transition_running,
+)
 from mailcow_ha.ops.gc_files import find_stale_files, read_started_at, remove_file
 from mailcow_ha.ops.maintenance import describe, read_maintenance
 from mailcow_ha.ops.status import fetch_snapshots, members_of
@@ -89,42 +104,72 @@ class GarbageCollector:
         self._history = HistoryStore(config.paths.state_dir)
 
     def run(self, *, dry_run: bool) -> GcReport:
-        """Run one GC pass under the transition lock; with `dry_run`, only plan."""
+        """Run one GC pass under the transition lock; with `dry_run`, only plan, without the lock.
+
+        The cloud API is read before the lock is taken, because a hanging API would otherwise
+        hold a promote or demote of this node back for up to three request timeouts.
+        """
         lock = TransitionLock.in_run_dir(self.config.paths.run_dir)
+        if dry_run:
+            holder = current_holder(lock.path)
+            if holder is not None:
+                return GcReport(GcPlan((), (f"nothing done: a transition is running (held by {holder.describe()})",)))
+            return self._report(self.read_inputs(), dry_run=True)
+
+        early = self._read_cloud_early()
         try:
             lock.acquire("gc", 0.0)
         except LockTimeout as error:
             return GcReport(GcPlan((), (f"nothing done: a transition is running ({error})",)))
         try:
-            inputs = self.read_inputs()
-            plan = plan_gc(inputs)
-            for note in plan.notes:
-                log.info("gc: %s", note)
-            report = GcReport(plan)
-            for action in plan.actions:
-                if dry_run:
-                    report.outcomes.append(GcOutcome(action, "planned"))
-                    continue
-                report.outcomes.append(self._execute(action))
-            return report
+            return self._report(self.read_inputs(early), dry_run=False)
         finally:
             lock.release()
             if self._failover is not None:
                 self._failover.close()
 
+    def _report(self, inputs: GcInputs, *, dry_run: bool) -> GcReport:
+        plan = plan_gc(inputs)
+        for note in plan.notes:
+            log.info("gc: %s", note)
+        report = GcReport(plan)
+        for action in plan.actions:
+            if dry_run:
+                report.outcomes.append(GcOutcome(action, "planned"))
+                continue
+            report.outcomes.append(self._execute(action))
+        return report
+
     # --- reading ------------------------------------------------------------------------------
 
-    def read_inputs(self) -> GcInputs:
+    def _read_cloud_early(self) -> EarlyCloud | None:
+        """Read the cloud's holders while this node's agent reports an idle MASTER, without the lock."""
+        snapshot = self._own_snapshot()
+        if snapshot is None or snapshot.vrrp_state != "MASTER" or transition_running(snapshot):
+            return None
+        cloud = self._cloud_view()
+        peers_busy = None
+        if cloud is not None and cloud.volume_holder != cloud.server_id:
+            peers_busy = self._peers_busy()
+        return EarlyCloud(role_mark(snapshot), cloud, peers_busy)
+
+    def read_inputs(self, early: EarlyCloud | None = None) -> GcInputs:
+        """Read everything GC decides from. `early` is used when the node's role did not change since it was read."""
         snapshot = self._own_snapshot()
         role, role_source, busy = self._role(snapshot)
         maintenance = self._maintenance()
         mounted = bool(blockdev.mounts_at(self.config.paths.mount_point, blockdev.read_mountinfo()))
         services = self._services()
         interrupted = sum(1 for r in self._history.read().records if r.outcome is RecordOutcome.RUNNING)
-        cloud = self._cloud_view() if role is Role.MASTER and busy is None else None
+        cloud = None
         peers_busy = None
-        if cloud is not None and cloud.volume_holder != cloud.server_id:
-            peers_busy = self._peers_busy()
+        if role is Role.MASTER and busy is None:
+            if early is not None and snapshot is not None and early.role_mark == role_mark(snapshot):
+                cloud, peers_busy = early.cloud, early.peers_busy
+            else:
+                cloud = self._cloud_view()
+                if cloud is not None and cloud.volume_holder != cloud.server_id:
+                    peers_busy = self._peers_busy()
         return GcInputs(
             node=self.config.node.name,
             role=role,
@@ -150,9 +195,9 @@ class GarbageCollector:
     def _role(self, snapshot: NodeSnapshot | None) -> tuple[Role, str, str | None]:
         if snapshot is not None:
             busy = None
-            if snapshot.transition is not None and snapshot.transition.running:
+            if snapshot.transition is not None and transition_running(snapshot):
                 busy = f"the agent runs a transition to {snapshot.transition.running}"
-            return _role_of(snapshot.vrrp_state), f"agent reports {snapshot.vrrp_state}", busy
+            return role_of(snapshot.vrrp_state), f"agent reports {snapshot.vrrp_state}", busy
         from mailcow_ha.adapters.keepalived import KeepalivedProcess  # noqa: PLC0415 (only without an agent)
 
         keepalived = KeepalivedProcess(self.config.paths.keepalived_pid_file, self.config.paths.keepalived_data_file)
@@ -165,7 +210,7 @@ class GarbageCollector:
             return Role.UNKNOWN, f"agent unreachable and keepalived unreadable: {error}", None
         if vrrp_state is None:
             return Role.UNKNOWN, "agent unreachable and keepalived's dump has no state", None
-        return _role_of(str(vrrp_state)), f"keepalived reports {vrrp_state}", None
+        return role_of(str(vrrp_state)), f"keepalived reports {vrrp_state}", None
 
     def _maintenance(self) -> str | None:
         maintenance, problem = read_maintenance(self.config.paths.state_dir)
@@ -361,11 +406,3 @@ class GarbageCollector:
         from mailcow_ha.failover.wiring import build_failover  # noqa: PLC0415
 
         return build_failover(self.config, self._alerter, cloud=self._cloud_api())
-
-
-def _role_of(vrrp_state: str) -> Role:
-    if vrrp_state == "MASTER":
-        return Role.MASTER
-    if vrrp_state in ("BACKUP", "FAULT", "STOP"):
-        return Role.STANDBY
-    return Role.UNKNOWN
