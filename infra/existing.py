@@ -12,7 +12,10 @@ their labels and rejects:
 - adding or removing the floating IPv6 of an existing cluster, because each node's config lists
   the floating IPs it was created with;
 - a new VRRP router id or advert interval, read from the servers' labels: nodes created with the
-  new values would not hear the others' adverts and would elect a master of their own.
+  new values would not hear the others' adverts and would elect a master of their own;
+- a new cluster in a project that has nodes of another cluster. Either the cluster name changed
+  (a new clusterName, or a renamed stack it derives from), which would create a second cluster
+  and delete the first, or the project is shared, which the runtime's project-wide token forbids.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class ExistingCluster:
     """Id of the server the shared volume is attached to."""
     floating_ip_servers: Mapping[str, int | None] | None = None
     """Server id of each floating IP by kind (ipv4, ipv6); None when the cluster has no floating IP yet."""
+    other_clusters: Sequence[str] = ()
+    """Names of other clusters whose nodes are in the same project."""
 
 
 def read_existing(cluster_name: str, token: str, endpoint: str) -> ExistingCluster:
@@ -69,7 +74,7 @@ def read_existing(cluster_name: str, token: str, endpoint: str) -> ExistingClust
         base._retry_max_retries = MAX_RETRIES
     selector = f"cluster={cluster_name}"
     try:
-        servers = client.servers.get_all(label_selector=f"{selector},role=node")
+        nodes = client.servers.get_all(label_selector="role=node,cluster")
         volumes = client.volumes.get_all(label_selector=f"{selector},role=shared-data")
         floating_ips = client.floating_ips.get_all(label_selector=selector)
     except (hcloud.APIException, OSError) as error:
@@ -82,10 +87,12 @@ def read_existing(cluster_name: str, token: str, endpoint: str) -> ExistingClust
     if floating_ips:
         fips = {str(fip.type): fip.server.id if fip.server is not None else None for fip in floating_ips}
     holders = {volume.server.id for volume in volumes if volume.server is not None}
+    ours = [node for node in nodes if (node.labels or {}).get("cluster") == cluster_name]
     return ExistingCluster(
-        servers=tuple(server for server in map(_node_server, servers) if server is not None),
+        servers=tuple(server for server in map(_node_server, ours) if server is not None),
         shared_volume_server=next(iter(holders), None),
         floating_ip_servers=fips,
+        other_clusters=tuple(sorted({str((node.labels or {})["cluster"]) for node in nodes} - {cluster_name})),
     )
 
 
@@ -114,7 +121,15 @@ def vrrp_labels(stack: StackConfig) -> dict[str, str]:
 def change_problems(stack: StackConfig, existing: ExistingCluster) -> list[str]:
     """Return why deploying `stack` over `existing` would harm the running cluster; empty when it would not."""
     if not existing.servers:
-        return []
+        if not existing.other_clusters:
+            return []
+        others = ", ".join(existing.other_clusters)
+        return [
+            f"the project has no node of cluster {stack.cluster_name} but nodes of {others}. If that is this "
+            f"stack's cluster, clusterName or the stack name changed, and deploying would create a second cluster "
+            f"and delete the first: set clusterName to its name. A new cluster needs its own Hetzner project, "
+            "because the nodes' API token can act on everything in the project"
+        ]
     problems = _scale_in_problems(stack, existing)
     for server in sorted(existing.servers, key=lambda item: item.index):
         if server.location != stack.location:

@@ -44,6 +44,14 @@ def test_first_deployment_allowed() -> None:
     assert change_problems(make_stack(nodeCount=3), ExistingCluster()) == []
 
 
+def test_renamed_cluster_rejected() -> None:
+    problems = change_problems(make_stack(clusterName="mail-eu"), ExistingCluster(other_clusters=("mailcow-prod",)))
+
+    assert len(problems) == 1
+    assert "the project has no node of cluster mail-eu but nodes of mailcow-prod" in problems[0]
+    assert "set clusterName to its name" in problems[0]
+
+
 @pytest.mark.parametrize(("before", "after"), [(3, 5), (5, 9), (5, 3), (7, 5), (9, 5), (3, 3)])
 def test_safe_node_counts_allowed(before: int, after: int) -> None:
     assert change_problems(make_stack(nodeCount=after), cluster(before)) == []
@@ -170,6 +178,7 @@ def test_read_existing_from_api(fake: FakeCloudEnv) -> None:
     assert existing.servers[0].labels["vrrp-router-id"] == "51"
     assert existing.shared_volume_server == ids[3]
     assert existing.floating_ip_servers == {"ipv4": ids[3], "ipv6": ids[3]}
+    assert existing.other_clusters == ("other",)
 
 
 def test_read_existing_empty_project(fake: FakeCloudEnv) -> None:

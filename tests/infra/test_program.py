@@ -480,6 +480,17 @@ def test_safe_scale_in_declared(fake: FakeCloudEnv) -> None:
     assert len(resources_of(result, "server:Server")) == 3
 
 
+def test_renamed_stack_rejected(fake: FakeCloudEnv) -> None:
+    """A renamed stack derives another cluster name, and would build a second cluster beside the first."""
+    deployed_cluster(fake, 3, holder=1)
+    config = {**BASE_CONFIG, "mailcow-ha:floatingIpv6": "true", "hcloud:token": fake.token, "hcloud:endpoint": fake.url}
+
+    result = run_request(config, [*SECRET_KEYS, "hcloud:token"], stack="prod-eu")
+
+    assert "no node of cluster mailcow-prod-eu but nodes of mailcow-prod" in result["error"]
+    assert result["resources"] == []
+
+
 def test_unreachable_api_declares_nothing() -> None:
     config = {**BASE_CONFIG, "hcloud:token": "token", "hcloud:endpoint": "http://127.0.0.1:9/v1"}
 
