@@ -118,6 +118,7 @@ def test_invalid_node_count_override(tmp_path: Path, capsys: pytest.CaptureFixtu
         ("config:\n  mailcow-ha:nodeCount: [5\n", "could not be read"),
         ("- just\n- a list\n", "has no `config:` mapping"),
         ("config: 5\n", "has no `config:` mapping"),
+        ("config:\n  mailcow-ha:nodeCount: 3\n  mailcow-ha:nodeCount: 5\n", "could not be read"),
     ],
 )
 def test_broken_stack_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:

@@ -53,7 +53,19 @@ class RenderOutputError(MailcowHaError):
 
 
 class _StackFileLoader(yaml.SafeLoader):
-    """Reads a stack file as Pulumi does: every scalar is a string, except an empty value or null."""
+    """A YAML loader that reads a stack file as Pulumi does: every scalar a string, except an empty
+    value or null, and a key given twice in one mapping an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _StackFileLoader.yaml_implicit_resolvers = {
