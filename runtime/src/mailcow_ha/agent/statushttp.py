@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -68,6 +69,8 @@ class StatusHttpServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = DEFAULT_MAX_CONNECTIONS
+    """The listen backlog; socketserver's default of 5 drops connections of a burst for a 1 s SYN retry."""
 
     def __init__(
         self,
@@ -103,6 +106,10 @@ class StatusHttpServer(ThreadingHTTPServer):
         except BaseException:
             self._connections.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver calls this inside its except clause and would print the traceback to stderr.
+        log.error("status API: request from %s failed", client_address[0], exc_info=sys.exc_info())
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -178,8 +185,12 @@ def _handler_for(sink: RequestSink, request_timeout: float) -> type[BaseHTTPRequ
             self.send_header("Connection", "close")
             for name, value in (extra or {}).items():
                 self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError) as error:
+                self.close_connection = True
+                log.info("status API: reply to %s not sent: %s", self.client_address[0], type(error).__name__)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("status API %s: %s", self.client_address[0], format % args)
