@@ -4,8 +4,9 @@ Bootstrapping a member that is behind another one discards the other's newer tra
 bootstrapping while another member still runs a primary component splits the cluster in two. So
 after a total outage only the member with the highest sequence number bootstraps, and only once
 every member has reported its position. `--force NODE` overrides the missing reports of
-unreachable members, but never the order of the reported ones. At first boot, node 1 of a brand-new
-cluster bootstraps and every other node joins.
+unreachable members and lets members without any Galera data (replaced servers) join, but it
+never overrides the order of the reported ones. At first boot, node 1 of a brand-new cluster
+bootstraps and every other node joins.
 """
 
 from __future__ import annotations
