@@ -46,7 +46,8 @@ def register(subparsers: Any) -> None:
     bootstrap.add_argument(
         "--force",
         metavar="NODE",
-        help="bootstrap NODE even though some members are unreachable (it must still be the most advanced)",
+        help="bootstrap NODE even though some members are unreachable or have no Galera data (replaced servers, "
+        "which then join as new members); NODE must still be the most advanced",
     )
     bootstrap.add_argument("--dry-run", action="store_true", help="print the plan without starting anything")
     bootstrap.set_defaults(handler=run_bootstrap)
