@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -274,3 +275,74 @@ def test_quorum_lost_everywhere_no_master(cluster: AgentCluster) -> None:
         assert agent.transitions().count("promote") == promotes[agent.node.name]
         events = [line.split("\t", 1)[0] for line in agent.alerts().splitlines()]
         assert events.count("quorum-lost") == 1
+
+
+def reload_all(
+    cluster: AgentCluster, *, seconds: float, every: float = 0.3, stop: threading.Event | None = None
+) -> int:
+    """Send SIGHUP to every keepalived every `every` seconds for `seconds`; return the rounds sent."""
+    rounds = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (stop is None or not stop.is_set()):
+        for agent in cluster.agents:
+            agent.node.daemon.reload()
+        rounds += 1
+        time.sleep(every)
+    return rounds
+
+
+def test_reloads_during_election_lose_no_master(cluster: AgentCluster) -> None:
+    # keepalived started before the agents, so it created every FIFO and replaces it at each reload.
+    inodes = {agent.node.name: agent.node.fifo.stat().st_ino for agent in cluster.agents}
+    rounds = reload_all(cluster, seconds=5.0)
+
+    master = cluster.master(timeout=20)
+    wait(lambda: master.transitions()[-1:] == ["promote"], 10, f"{master.node.name}'s promote\n{master.log_tail()}")
+    time.sleep(1.0)
+
+    assert rounds >= 10
+    assert all(agent.node.fifo.stat().st_ino != inodes[agent.node.name] for agent in cluster.agents)
+    assert cluster.vrrp.masters() == [master.node]
+    for agent in cluster.agents:
+        if agent is not master:
+            assert "promote" not in agent.transitions(), agent.log_tail()
+
+
+def test_fault_during_reloads_reaches_agent(cluster: AgentCluster) -> None:
+    first = cluster.master(timeout=15)
+    wait(lambda: first.transitions()[-1:] == ["promote"], 5, "the first master's promote")
+
+    # Reloads every 0.3 s replace the FIFOs about as fast as a reader can follow them, so the FAULT
+    # line may land in a FIFO that is gone before anyone reads it. The agent must learn it anyway.
+    stop = threading.Event()
+    reloader = threading.Thread(target=lambda: reload_all(cluster, seconds=6.0, stop=stop), daemon=True)
+    reloader.start()
+    time.sleep(1.0)
+    first.set_probe("containers", "postfix-mailcow: exited (exit code 137)")
+    first.node.daemon.wait_state("FAULT", timeout=5)
+    reloader.join(10)
+    stop.set()
+
+    second = cluster.master(timeout=20, exclude=first.node)
+    wait(lambda: first.transitions()[-1:] == ["demote"], 10, f"the old master's demote\n{first.log_tail()}")
+    wait(lambda: second.transitions()[-1:] == ["promote"], 10, f"the new master's promote\n{second.log_tail()}")
+
+    assert cluster.vrrp.masters() == [second.node]
+    assert first.transitions().count("promote") == 1
+
+
+def test_peer_reloads_keep_master(cluster: AgentCluster) -> None:
+    first = cluster.master(timeout=15)
+    wait(lambda: first.transitions()[-1:] == ["promote"], 5, "the first master's promote")
+    before = {agent.node.name: agent.transitions() for agent in cluster.agents}
+
+    # A membership sync after a scale-out: every node learns a new peer and reloads.
+    new_peer = f"{cluster.vrrp.subnet_prefix}.99"
+    for agent in cluster.agents:
+        agent.node.render(peers=[node.address for node in cluster.vrrp.nodes] + [new_peer])
+    reload_all(cluster, seconds=3.0)
+    time.sleep(2.0)
+
+    assert cluster.vrrp.masters() == [first.node]
+    assert {agent.node.name: agent.transitions() for agent in cluster.agents} == before
+    assert first.node.health_file.read_text().strip() == "0"

@@ -11,6 +11,7 @@ from mailcow_ha.agent.decisions import (
     note_keepalived,
     plan_master_resume,
     plan_resume,
+    plan_resync,
 )
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.transitions import (
@@ -106,6 +107,36 @@ DEMOTED = outcome(TransitionAction.DEMOTE, TransitionResult.SUCCEEDED)
 )
 def test_derive_role(state: VrrpState | None, transitions: TransitionStatus, resumed: bool, role: Role) -> None:
     assert derive_role(state, transitions, resumed_master=resumed) is role
+
+
+def test_derive_role_while_verifying_master() -> None:
+    assert derive_role(MASTER, status(), resumed_master=False, verifying_master=True) is Role.MASTER
+    assert derive_role(MASTER, status(FAILED), resumed_master=False, verifying_master=True) is Role.MASTER
+    assert derive_role(MASTER, status(running=True), resumed_master=False, verifying_master=True) is Role.TRANSITION
+    assert derive_role(BACKUP, status(), resumed_master=False, verifying_master=True) is Role.STANDBY
+
+
+@pytest.mark.parametrize(
+    ("known", "dumped", "quiet", "expected"),
+    [
+        (BACKUP, MASTER, True, (True, False, "keepalived is MASTER, but the agent last saw BACKUP")),
+        (MASTER, FAULT, True, (True, False, "keepalived is FAULT, but the agent last saw MASTER")),
+        (None, BACKUP, True, (True, False, "keepalived is BACKUP, but the agent last saw no state")),
+        (MASTER, MASTER, True, (False, False, "keepalived is MASTER, as the agent last saw")),
+        (BACKUP, MASTER, False, (False, True, "a keepalived message arrived while the dump was taken")),
+        (BACKUP, None, True, (False, False, "keepalived's data dump names no state for the instance")),
+    ],
+)
+def test_plan_resync(
+    known: VrrpState | None, dumped: VrrpState | None, quiet: bool, expected: tuple[bool, bool, str]
+) -> None:
+    act, retry, reason = expected
+
+    plan = plan_resync(known, dumped, fifo_quiet=quiet)
+
+    assert plan.act is act
+    assert plan.retry is retry
+    assert plan.reason.startswith(reason)
 
 
 def test_failed_promote_held_for_a_while() -> None:

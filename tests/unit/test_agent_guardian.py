@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mailcow_ha.agent.guardian import Guardian
+from mailcow_ha.config import HealthSettings
 
 
 def start_guardian(
@@ -129,3 +131,10 @@ def test_clean_stop_logged_as_stop(tmp_path: Path, fake_agent: subprocess.Popen[
     assert "stopped and no agent took over" in output
     assert "ERROR" not in output
     assert (tmp_path / "health").read_text() == "1\n"
+
+
+def test_watchdog_shorter_than_passes_rejected() -> None:
+    with pytest.raises(ValidationError, match="watchdog_timeout \\(3 s\\) must be at least 4 times interval"):
+        HealthSettings(interval=1.0, watchdog_timeout=3.0)
+
+    assert HealthSettings(interval=0.5, watchdog_timeout=2.0).watchdog_timeout == 2.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,7 +163,7 @@ def test_dump_rejects_symlink(tmp_path: Path) -> None:
 
 
 def test_fifo_reader_follows_replaced_fifo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mailcow_ha.adapters.keepalived.PATH_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr("mailcow_ha.adapters.keepalived_fifo.PATH_CHECK_INTERVAL", 0.05)
     path = tmp_path / "keepalived.fifo"
     received: list[FifoMessage] = []
     reader = FifoReader(path, "mailcow", received.append)
@@ -180,3 +182,70 @@ def test_fifo_reader_follows_replaced_fifo(tmp_path: Path, monkeypatch: pytest.M
 
     assert received
     assert received[0].state is VrrpState.MASTER
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_fifo_reader_survives_unexpected_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mailcow_ha.adapters.keepalived_fifo.ERROR_PAUSE", 0.05)
+    path = tmp_path / "keepalived.fifo"
+    writer = open_fifo(path)
+    received: list[FifoMessage] = []
+    reopened: list[str] = []
+    reader = FifoReader(path, "mailcow", received.append, on_reopen=reopened.append)
+    real_read = reader._read_messages
+    failures = iter([RuntimeError("a bug in the reader")])
+
+    def read_failing_once() -> list[FifoMessage]:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_read()
+
+    monkeypatch.setattr(reader, "_read_messages", read_failing_once)
+    reader.start()
+    try:
+        os.write(writer, b'INSTANCE "mailcow" BACKUP 250\n')
+        assert wait_until(lambda: bool(reopened))
+        os.write(writer, b'INSTANCE "mailcow" MASTER 250\n')
+        assert wait_until(lambda: len(received) == 2)
+        alive = reader.alive
+    finally:
+        reader.close()
+        os.close(writer)
+
+    # The failed read took nothing out of the FIFO, so the reopened reader still gets BACKUP.
+    assert alive
+    assert [message.state for message in received] == [VrrpState.BACKUP, VrrpState.MASTER]
+    assert reopened == ["the FIFO reader failed and reopened the FIFO"]
+
+
+def test_fifo_reader_reads_old_fifo_before_switching(tmp_path: Path) -> None:
+    path = tmp_path / "keepalived.fifo"
+    first = open_fifo(path)
+    received: list[FifoMessage] = []
+    reopened: list[str] = []
+    reader = FifoReader(path, "mailcow", received.append, on_reopen=reopened.append)
+    reader.start()
+    try:
+        # keepalived's reload: the line before it goes into the old FIFO, the one after into the new.
+        path.unlink()
+        os.write(first, b'INSTANCE "mailcow" BACKUP 250\n')
+        second = open_fifo(path)
+        os.write(second, b'INSTANCE "mailcow" MASTER 250\n')
+        assert wait_until(lambda: len(received) == 2)
+    finally:
+        reader.close()
+        os.close(first)
+        os.close(second)
+
+    assert [message.state for message in received] == [VrrpState.BACKUP, VrrpState.MASTER]
+    assert len(reopened) == 1
+    assert reopened[0].startswith("keepalived's FIFO was replaced")

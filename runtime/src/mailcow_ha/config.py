@@ -231,6 +231,19 @@ class HealthSettings(_Section):
     not reported progress for this long."""
     keepalived_check_interval: Seconds = 2.0
     """Time between two checks that keepalived still runs; a vanished keepalived means demote."""
+    keepalived_state_check_interval: Seconds = 60.0
+    """Time between two data dumps (SIGUSR1) that compare keepalived's state with the agent's. A
+    difference means that the agent missed a transition, so it acts on keepalived's state."""
+
+    @model_validator(mode="after")
+    def _watchdog_outlasts_passes(self) -> Self:
+        # The main loop reports progress once per pass, and a pass waits up to `interval` for input.
+        if self.watchdog_timeout < 4 * self.interval:
+            raise ValueError(
+                f"watchdog_timeout ({self.watchdog_timeout:g} s) must be at least 4 times interval "
+                f"({self.interval:g} s), or the guardian kills an agent that only waits for input"
+            )
+        return self
 
 
 class AlertSettings(_Section):

@@ -1,10 +1,8 @@
-"""The agent's side of keepalived: the notify FIFO, the track file, the pid file and the data dump.
+"""The agent's side of keepalived: the track file, the pid file and the data dump.
 
-Facts about keepalived 2.2.7 (Debian 12) that this module relies on, each checked against a
-running daemon:
-- `notify_fifo` lines look like `INSTANCE "mailcow" MASTER 250`, in the order the transitions
-  happened. keepalived opens the FIFO read-write, so lines written while no agent reads stay
-  buffered in the pipe, and an agent that starts later reads them first.
+The notify FIFO is in `keepalived_fifo`; its names are importable from here as well. Facts
+about keepalived 2.2.7 (Debian 12) that this module relies on, each checked against a running
+daemon:
 - `track_file` is re-read whenever the file changes, including when a new file is renamed over
   it, so an atomic rename never shows keepalived a half-written value. `init_file 1 overwrite`
   makes keepalived write 1 at its start, so the agent rewrites its verdict when it finds the
@@ -21,63 +19,45 @@ import errno
 import logging
 import os
 import re
-import select
 import signal
 import stat
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from mailcow_ha.adapters.keepalived_fifo import (
+    PATH_CHECK_INTERVAL,
+    FifoMessage,
+    FifoReader,
+    KeepalivedError,
+    open_fifo,
+    parse_fifo_line,
+)
 from mailcow_ha.deadline import Deadline
-from mailcow_ha.errors import MailcowHaError
 from mailcow_ha.failover.transitions import VrrpState
+
+__all__ = [
+    "HEALTHY",
+    "PATH_CHECK_INTERVAL",
+    "UNHEALTHY",
+    "FifoMessage",
+    "FifoReader",
+    "HealthFile",
+    "KeepalivedError",
+    "KeepalivedProcess",
+    "dump_complete",
+    "open_fifo",
+    "parse_data_dump",
+    "parse_fifo_line",
+]
 
 log = logging.getLogger(__name__)
 
 HEALTHY = 0
 UNHEALTHY = 1
-_FIFO_LINE = re.compile(
-    r'^(?P<kind>INSTANCE|GROUP)\s+"(?P<name>[^"]+)"\s+(?P<state>[A-Z_]+)(?:\s+(?P<priority>\d+))?\s*$'
-)
 _DUMP_INSTANCE = re.compile(r"^\s*VRRP Instance = (?P<name>\S+)\s*$")
 _DUMP_STATE = re.compile(r"^\s*State = (?P<state>[A-Z]+)\s*$")
 _TOPOLOGY_HEADER = "------< VRRP Topology >------"
 _SECTION_PREFIX = "------<"
-_READ_CHUNK = 4096
-PATH_CHECK_INTERVAL = 5.0
-"""Seconds between two checks that the FIFO's path still names the FIFO the reader has open."""
-_MAX_LINE = 1024
-
-
-class KeepalivedError(MailcowHaError):
-    """keepalived could not be reached: no pid file, no such process, or an unusable FIFO or dump."""
-
-
-@dataclass(frozen=True)
-class FifoMessage:
-    """One line from keepalived's notify FIFO about a VRRP instance or sync group."""
-
-    kind: str
-    """INSTANCE or GROUP."""
-    name: str
-    state: VrrpState
-    priority: int | None
-
-
-def parse_fifo_line(line: str) -> FifoMessage | None:
-    """Parse one FIFO line; return None for lines about other things (virtual servers) or unknown states."""
-    match = _FIFO_LINE.match(line.strip())
-    if match is None:
-        return None
-    try:
-        state = VrrpState(match.group("state"))
-    except ValueError:
-        # keepalived 2.2 also reports events such as MASTER_RX_LOWER_PRI; they are not states.
-        return None
-    priority = match.group("priority")
-    return FifoMessage(match.group("kind"), match.group("name"), state, int(priority) if priority else None)
 
 
 def parse_data_dump(text: str, instance: str) -> VrrpState | None:
@@ -107,128 +87,6 @@ def dump_complete(text: str) -> bool:
     """
     start = text.find(_TOPOLOGY_HEADER)
     return start >= 0 and text.find(_SECTION_PREFIX, start + len(_TOPOLOGY_HEADER)) >= 0
-
-
-class FifoReader:
-    """Reads keepalived's notify FIFO on its own thread and passes each message of one instance on.
-
-    The FIFO is opened read-write, so opening never blocks and the reader never sees end of file
-    when keepalived restarts. `drain()` returns what was buffered before the agent started, which
-    keepalived wrote while no agent read it.
-    """
-
-    def __init__(self, path: Path, instance: str, on_message: Callable[[FifoMessage], None]) -> None:
-        self.path = path
-        self.instance = instance
-        self._on_message = on_message
-        self._fd = open_fifo(path)
-        self._buffer = b""
-        self._stop_read, self._stop_write = os.pipe()
-        self._thread: threading.Thread | None = None
-
-    def drain(self) -> list[FifoMessage]:
-        """Read every line buffered in the FIFO now, without waiting, and return this instance's messages."""
-        messages: list[FifoMessage] = []
-        while True:
-            readable, _, _ = select.select([self._fd], [], [], 0)
-            if not readable:
-                return messages
-            messages.extend(self._read_messages())
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mailcow-ha-fifo", daemon=True)
-        self._thread.start()
-
-    def close(self, timeout: float = 2.0) -> None:
-        os.write(self._stop_write, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout)
-        for fd in (self._fd, self._stop_read, self._stop_write):
-            os.close(fd)
-
-    def _run(self) -> None:
-        while True:
-            readable, _, _ = select.select([self._fd, self._stop_read], [], [], PATH_CHECK_INTERVAL)
-            if self._stop_read in readable:
-                return
-            if not readable:
-                self._follow_path()
-                continue
-            try:
-                messages = self._read_messages()
-            except OSError as error:
-                log.error("reading keepalived's FIFO %s failed: %s; retrying in 1 s", self.path, error)
-                time.sleep(1.0)
-                continue
-            for message in messages:
-                try:
-                    self._on_message(message)
-                except Exception:
-                    log.exception("handling keepalived message %s failed", message)
-
-    def _follow_path(self) -> None:
-        """Reopen the FIFO when its path now names another file (deleted and created again)."""
-        try:
-            current = os.stat(self.path)
-        except FileNotFoundError:
-            current = None
-        except OSError as error:
-            log.warning("could not check keepalived's FIFO %s: %s", self.path, error)
-            return
-        opened = os.fstat(self._fd)
-        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-            return
-        try:
-            new_fd = open_fifo(self.path)
-        except KeepalivedError as error:
-            log.error("%s", error)
-            return
-        log.warning("keepalived's FIFO %s was replaced; reading the new one", self.path)
-        os.close(self._fd)
-        self._fd = new_fd
-        self._buffer = b""
-
-    def _read_messages(self) -> list[FifoMessage]:
-        chunk = os.read(self._fd, _READ_CHUNK)
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        if len(self._buffer) > _MAX_LINE:
-            log.error(
-                "keepalived's FIFO %s sent %d bytes without a line break; discarded", self.path, len(self._buffer)
-            )
-            self._buffer = b""
-        messages = []
-        for raw in lines:
-            text = raw.decode("utf-8", "replace")
-            message = parse_fifo_line(text)
-            if message is None:
-                if text.strip():
-                    log.debug("ignored keepalived FIFO line %r", text)
-                continue
-            if message.kind == "INSTANCE" and message.name == self.instance:
-                messages.append(message)
-            else:
-                log.debug("ignored keepalived FIFO line about %s %s", message.kind, message.name)
-        return messages
-
-
-def open_fifo(path: Path) -> int:
-    """Open (creating with mode 0600 if needed) keepalived's notify FIFO read-write and non-blocking."""
-    try:
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        os.mkfifo(path, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as error:
-        raise KeepalivedError(f"could not create keepalived's FIFO {path}: {error.strerror}") from None
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        raise KeepalivedError(f"could not open keepalived's FIFO {path}: {error.strerror}") from None
-    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise KeepalivedError(f"{path} is not a FIFO; remove it so the agent can create keepalived's notify FIFO")
-    return fd
 
 
 class HealthFile:

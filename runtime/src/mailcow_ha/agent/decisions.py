@@ -63,12 +63,15 @@ def plan_master_resume(failing: Sequence[str]) -> tuple[bool, str]:
     return False, "the master's service is complete; nothing to do"
 
 
-def derive_role(state: VrrpState | None, status: TransitionStatus, *, resumed_master: bool) -> Role:
+def derive_role(
+    state: VrrpState | None, status: TransitionStatus, *, resumed_master: bool, verifying_master: bool = False
+) -> Role:
     """Return what the node should look like now.
 
     A transition that runs or waits makes the node TRANSITION. MASTER counts as MASTER only after
-    a promote succeeded, or after a restarted agent verified the running service. A failed or
-    superseded promote leaves it TRANSITION until keepalived reports the state that follows.
+    a promote succeeded, or after a restarted agent verified the running service, and while it
+    verifies it (the master's probes must run for that). A failed or superseded promote leaves it
+    TRANSITION until keepalived reports the state that follows.
     """
     if state is None:
         return Role.UNKNOWN
@@ -77,11 +80,11 @@ def derive_role(state: VrrpState | None, status: TransitionStatus, *, resumed_ma
     if state is not VrrpState.MASTER:
         return Role.STANDBY
     last = status.last
-    if last is None:
-        return Role.MASTER if resumed_master else Role.TRANSITION
-    if last.action is TransitionAction.PROMOTE and last.result is TransitionResult.SUCCEEDED:
-        return Role.MASTER
-    return Role.TRANSITION
+    promoted = (
+        last is not None and last.action is TransitionAction.PROMOTE and last.result is TransitionResult.SUCCEEDED
+    )
+    verified = last is None and resumed_master
+    return Role.MASTER if promoted or verified or verifying_master else Role.TRANSITION
 
 
 def failed_promote(status: TransitionStatus, *, now: float, hold: float) -> str | None:
@@ -129,3 +132,34 @@ def gate_promote(galera: ProbeRecord | None) -> tuple[bool, str]:
     if galera.failing:
         return False, "the local Galera member is recovering and has not passed enough consecutive probes"
     return True, "the local Galera member is Synced in the primary component"
+
+
+@dataclass(frozen=True)
+class ResyncPlan:
+    """The action for keepalived's state from a data dump, compared with the state the agent acts on."""
+
+    act: bool
+    """Act on the dumped state as if keepalived had reported it through the FIFO."""
+    retry: bool
+    """Ask for another dump: the FIFO delivered or contains a message newer than this dump."""
+    reason: str
+
+
+def plan_resync(known: VrrpState | None, dumped: VrrpState | None, *, fifo_quiet: bool) -> ResyncPlan:
+    """Decide whether a dumped state shows a transition that the agent missed.
+
+    The FIFO reports transitions in order, so a message that arrived or waits unread after the
+    dump was requested is at least as new as the dump, and the dump is not used.
+    """
+    if dumped is None:
+        return ResyncPlan(False, False, "keepalived's data dump names no state for the instance; nothing to compare")
+    if not fifo_quiet:
+        return ResyncPlan(False, True, "a keepalived message arrived while the dump was taken; asking again")
+    if dumped is known:
+        return ResyncPlan(False, False, f"keepalived is {dumped}, as the agent last saw")
+    before = "no state" if known is None else str(known)
+    return ResyncPlan(
+        True,
+        False,
+        f"keepalived is {dumped}, but the agent last saw {before}: a transition was missed, acting on {dumped}",
+    )

@@ -201,7 +201,10 @@ class Guardian:
             os.close(self._write_fd)
             self._write_fd = None
             if self.process is not None:
-                self.process.wait(1)
+                try:
+                    self.process.wait(1)
+                except subprocess.TimeoutExpired:
+                    log.error("the old guardian (pid %d) closed its pipe but still runs", self.process.pid)
             self.start()
 
     def close(self) -> None:

@@ -175,11 +175,16 @@ def build_agent(
         summary="switch this node's maintenance mode on (for a number of seconds) or off",
         timeout=5.0,
     )
+    parts.status_api = api
     parts.background.append(api.start)
     parts.closers.append(api.stop)
 
     if config.membership.enabled:
-        sync = PeriodicSync(MembershipSync(config, HetznerCloud(config.hetzner)), config.membership.sync_interval)
+        sync = PeriodicSync(
+            MembershipSync(config, HetznerCloud(config.hetzner)),
+            config.membership.sync_interval,
+            on_reload=lambda: agent.request_resync("the membership sync reloaded keepalived"),
+        )
         parts.background.append(sync.start)
         parts.closers.append(sync.close)
     parts.closers.append(galera.client.close)
@@ -228,9 +233,11 @@ class PeriodicSync:
     A sync costs one API request, and a slow API must not delay the agent's main loop.
     """
 
-    def __init__(self, sync: MembershipSync, interval: float) -> None:
+    def __init__(self, sync: MembershipSync, interval: float, *, on_reload: Callable[[], None] | None = None) -> None:
         self.sync = sync
         self.interval = interval
+        self.on_reload = on_reload
+        """Called after a sync reloaded keepalived, which may have replaced its FIFO."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mailcow-ha-membership", daemon=True)
 
@@ -250,3 +257,5 @@ class PeriodicSync:
                 log.error("membership sync failed: %s; next try in %.0f s", error, self.interval)
                 continue
             log.debug("membership sync took %.2f s: %s", time.monotonic() - started, result.reason)
+            if result.reloaded and self.on_reload is not None:
+                self.on_reload()

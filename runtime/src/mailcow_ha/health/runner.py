@@ -1,9 +1,10 @@
 """Run probes on worker threads so that a probe that hangs is abandoned at its deadline.
 
-Each probe has one long-lived worker thread. `start` hands the worker a run and `result`
-waits for it until the deadline. A run still going at the deadline counts as a failure. While
-that worker stays stuck, its probe fails at once without starting another thread. So hung runs
-never pile up, and a pass of the agent's main loop waits at most one probe timeout for its probes.
+Each probe has one long-lived worker thread. `start` hands the worker a run. `result` waits for
+it until the deadline, and `take_result` returns it without waiting, for callers that must not
+block (the agent's main loop). A run still going at the deadline counts as a failure. While that
+worker stays stuck, its probe fails at once without starting another thread, so hung runs never
+pile up.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from mailcow_ha.deadline import Clock, Deadline
@@ -32,10 +34,19 @@ class Probe(Protocol):
 class ProbeWorker:
     """The thread that runs one probe, one run at a time."""
 
-    def __init__(self, probe: Probe, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        probe: Probe,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        on_result: Callable[[], None] | None = None,
+    ) -> None:
         self.probe = probe
         self._clock = clock
         self._wall_clock = wall_clock
+        self.on_result = on_result
+        """Called on the worker thread after each run, so a caller that does not wait learns of the result."""
         self._condition = threading.Condition()
         self._job: tuple[Role, Deadline] | None = None
         self._result: ProbeResult | None = None
@@ -70,6 +81,18 @@ class ProbeWorker:
                 result, self._result = self._result, None
                 return result
             took = 0.0 if self._busy_since is None else self._clock() - self._busy_since
+        log.warning("probe %s did not return within %.1f s; abandoned, it counts as failed", self.probe.name, took)
+        return ProbeResult(self.probe.name, False, "timed out (the probe hung)", self._wall_clock(), took)
+
+    def take_result(self) -> ProbeResult | None:
+        """Return the result of the run handed over by `start` if it has finished, without waiting."""
+        with self._condition:
+            result, self._result = self._result, None
+            return result
+
+    def timed_out_result(self) -> ProbeResult:
+        """Return a failed result for a run still going at its deadline; the worker stays busy with it."""
+        took = self.stuck_for or 0.0
         log.warning("probe %s did not return within %.1f s; abandoned, it counts as failed", self.probe.name, took)
         return ProbeResult(self.probe.name, False, "timed out (the probe hung)", self._wall_clock(), took)
 
@@ -108,6 +131,11 @@ class ProbeWorker:
                 self._result = result
                 self._busy_since = None
                 self._condition.notify_all()
+            if self.on_result is not None:
+                try:
+                    self.on_result()
+                except Exception:
+                    log.exception("reporting the result of probe %s failed", self.probe.name)
             took = self._clock() - started
             if deadline.expired:
                 log.info("probe %s returned after its deadline (%.1f s)", self.probe.name, took)
