@@ -73,6 +73,8 @@ def test_idle_standby_makes_no_api_call(
     (tmp_path / "mnt").mkdir()
     document = node_config_dict(
         node={"name": "mailcow-ha-test-1", "index": 1, "private_ip": "127.0.0.1"},
+        # No other member: the peers probe would otherwise ask their status APIs off this machine.
+        peers=[],
         hetzner=cloud.hetzner_section(cluster, 1),
         galera={"password": PASSWORD, "user": USER, "cluster_name": galera.name, "socket": str(galera.nodes[0].socket)},
         mailcow={"project_name": project.name, "critical_services": sorted(project.containers)},
@@ -117,7 +119,7 @@ def test_idle_standby_makes_no_api_call(
     assert served.healthy
     assert served.galera.local_state == "Synced"
     assert served.galera.cluster_size == 3
-    assert {probe.name for probe in served.probes} == {"galera", "containers", "mount", "floating-ip"}
+    assert {probe.name for probe in served.probes} == {"galera", "containers", "mount", "floating-ip", "peers"}
     assert served.breaker is not None
     assert not served.breaker.tripped
     assert track_file == "0\n"

@@ -24,6 +24,7 @@ from mailcow_ha.agent.membership import Membership, MembershipSync, load_members
 from mailcow_ha.agent.process import PID_FILE
 from mailcow_ha.agent.snapshot import BreakerSnapshot, NodeSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
+from mailcow_ha.agent.statusclient import StatusClient
 from mailcow_ha.alert_events import Alerter
 from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Deadline
@@ -34,6 +35,7 @@ from mailcow_ha.failover.wiring import Failover, build_failover
 from mailcow_ha.health.containers import ContainerProbe
 from mailcow_ha.health.galera import GaleraProbe
 from mailcow_ha.health.monitor import HealthMonitor
+from mailcow_ha.health.peers import PeersProbe
 from mailcow_ha.health.runner import Probe
 from mailcow_ha.health.system import FloatingIpProbe, MountProbe
 from mailcow_ha.mailcow.galera_ops import local_member, register_galera_actions
@@ -79,6 +81,20 @@ def build_probes(config: NodeConfig) -> tuple[GaleraProbe, ContainerProbe, Mount
     return galera, containers, mount, floating_ips
 
 
+def build_peers_probe(config: NodeConfig, members: CachedMembership) -> PeersProbe:
+    """Build the probe that keeps a standby out of the election until every member lists it."""
+
+    def others() -> list[tuple[str, str]]:
+        return [(member.name, member.private_ip) for member in members.get().members]
+
+    return PeersProbe(
+        config.node.name,
+        others,
+        StatusClient.from_config(config, timeout=config.health.probe_timeout),
+        interval=config.health.system_interval,
+    )
+
+
 def build_agent(
     config: NodeConfig,
     alerter: Alerter,
@@ -95,7 +111,8 @@ def build_agent(
     if initially_failing is None:
         initially_failing = health_file.read() == UNHEALTHY
     galera, containers, mount, floating_ips = build_probes(config)
-    probes: list[Probe] = [galera, containers, mount, floating_ips]
+    members = CachedMembership(config)
+    probes: list[Probe] = [galera, containers, mount, floating_ips, build_peers_probe(config, members)]
     monitor = HealthMonitor(probes, config.health, initially_failing=initially_failing)
     agent_holder: list[Agent] = []
 
@@ -129,8 +146,6 @@ def build_agent(
     def events(on_event: Callable[[ContainerEvent | StreamConnected], None]) -> EventWatcher:
         engine = Engine(config.paths.docker_socket, request_timeout=config.deadlines.engine_request)
         return EventWatcher(engine, config.mailcow.project_name, on_event)
-
-    members = CachedMembership(config)
 
     def member_addresses() -> list[str]:
         return [member.private_ip for member in members.get().members]

@@ -33,11 +33,14 @@ GALERA = "galera"
 CONTAINERS = "containers"
 MOUNT = "mount"
 FLOATING_IP = "floating-ip"
+PEERS = "peers"
+"""On a standby: every other member that responds lists this node (see health.peers). Only the
+production agent runs it, so it is not among PROBE_NAMES, the default of `configured`."""
 PROBE_NAMES = (GALERA, CONTAINERS, MOUNT, FLOATING_IP)
 
 _ROLE_PROBES: Mapping[Role, frozenset[str]] = {
     Role.MASTER: frozenset({GALERA, CONTAINERS, MOUNT, FLOATING_IP}),
-    Role.STANDBY: frozenset({GALERA, CONTAINERS, MOUNT}),
+    Role.STANDBY: frozenset({GALERA, CONTAINERS, MOUNT, PEERS}),
     Role.TRANSITION: frozenset({GALERA}),
     Role.UNKNOWN: frozenset({GALERA}),
 }
@@ -147,7 +150,8 @@ def decide_verdict(inputs: VerdictInputs) -> Verdict:
     2. A promote that failed recently is unhealthy, so that keepalived moves the master away.
     3. In maintenance mode every other failure is ignored.
     4. The role's probes. On the master: the containers (not during the grace period), the
-       mount with its marker, and the floating IPs. On a standby: no containers and no mount.
+       mount with its marker, and the floating IPs. On a standby: no containers, no mount, and
+       every other member that responds lists it (peers).
     """
     failing = {
         name: record for name, record in inputs.records.items() if record.failing and probe_counts(name, inputs.role)
