@@ -9,6 +9,7 @@ cleanly on SIGTERM, instead of being killed by its guardian (exit status 137).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -139,8 +140,8 @@ def mount_node(tmp_path: Path) -> Iterator[MountNode]:
         finally:
             if node is not None:
                 stop_agent(node)
-                # A mount the agent left behind still completes; unmount it only after it did.
-                wait_for_mount_to_settle(node)
+                # A mount the agent left behind would still complete after the cleanup below.
+                end_left_mount(node)
                 os.close(node.fifo_writer)
             if keepalived is not None:
                 keepalived.kill()
@@ -199,18 +200,26 @@ def stop_agent(node: MountNode) -> None:
         agent.wait(10)
 
 
-def wait_for_mount_to_settle(node: MountNode, timeout: float = 40.0) -> None:
-    """Wait until no `mount` of the node's device runs any more (the kernel's MMP wait ended)."""
+def end_left_mount(node: MountNode, timeout: float = 40.0) -> None:
+    """End the `mount` of the node's device that the stopped agent left behind, and wait until it is gone.
+
+    The kernel's MMP wait is interruptible, so SIGKILL ends that mount with a failure instead of
+    leaving a mount behind that appears after the test cleaned up.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        mounts = [
-            pid
-            for pid in os.listdir("/proc")
-            if pid.isdigit() and str(node.device) in _command_line(pid) and _command_line(pid).startswith("mount")
-        ]
-        if not mounts:
+        left = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _is_mount_of(pid, node.device)]
+        if not left:
             return
-        time.sleep(0.2)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _is_mount_of(pid: str, device: Path) -> bool:
+    argv = _command_line(pid).split()
+    return bool(argv) and Path(argv[0]).name == "mount" and str(device) in argv
 
 
 def _command_line(pid: str) -> str:
