@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lab import labcloud
 from lab.cloudapi import CloudControl
@@ -33,6 +35,7 @@ from lab.observe import (
 from lab.provision import CloudLayout, read_layout
 from lab.shell import LabError
 from lab.topology import CLOUD_ADDRESS, LabNetwork, NodeNetwork
+from lab.volumes import read_mmp_node_name
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,47 @@ DEFAULT_ROOT = Path("/var/tmp/mailcow-ha-lab")
 DESCRIPTION_FILE = "lab.json"
 
 
+_Item = TypeVar("_Item")
+
+
 def lab_root() -> Path:
     return Path(os.environ.get(ROOT_ENV, str(DEFAULT_ROOT)))
+
+
+def run_parallel(
+    what: str,
+    action: Callable[[_Item], object],
+    items: Sequence[_Item],
+    *,
+    cancel: threading.Event,
+    describe: Callable[[_Item], str] = str,
+) -> None:
+    """Run `action` on every item in its own thread and return once every thread has ended.
+
+    The first failure sets `cancel`, which the actions' waits poll, so that the other threads
+    end early instead of waiting out their own timeouts. No thread outlives this call, even
+    when the caller is interrupted, so none logs after a failed lab setup was torn down.
+    Raises LabError naming every item that failed.
+    """
+    errors: list[str] = []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items)), thread_name_prefix=f"lab-{what}")
+    try:
+        futures = {pool.submit(action, item): item for item in items}
+        for future in concurrent.futures.as_completed(futures):
+            error = future.exception()
+            if error is None:
+                continue
+            cancel.set()
+            if not isinstance(error, LabError | OSError):
+                raise error
+            errors.append(f"{describe(futures[future])}: {error}")
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if errors:
+        raise LabError(f"{what} failed on {len(errors)} node(s): " + "; ".join(sorted(errors)))
 
 
 @dataclass
@@ -71,6 +113,8 @@ class Lab:
         self.layout: CloudLayout | None = None
         self.timings: dict[str, float] = {}
         self._control: CloudControl | None = None
+        self.cancel = threading.Event()
+        """Set when a parallel step failed or the lab goes down; boot's waits stop when it is set."""
 
     # --- finding labs ------------------------------------------------------------------------
 
@@ -223,7 +267,8 @@ class Lab:
             self.network.add_node(NodeNetwork(server.name, server.index, server.public_ip, server.private_ip))
             self.nodes[server.index] = self._make_node(server, layout)
         self._parallel(
-            "boot", lambda node: node.boot(image_tar, layout.floating_ips, self.network.add_floating_ip_address)
+            "boot",
+            lambda node: node.boot(image_tar, layout.floating_ips, self.network.add_floating_ip_address, self.cancel),
         )
         self._phase("node boot", started)
 
@@ -262,7 +307,9 @@ class Lab:
             added.append(self.nodes[server.index])
         image_tar = self.image_tar()
         self._parallel(
-            "boot", lambda node: node.boot(image_tar, layout.floating_ips, self.network.add_floating_ip_address), added
+            "boot",
+            lambda node: node.boot(image_tar, layout.floating_ips, self.network.add_floating_ip_address, self.cancel),
+            added,
         )
         for node in added:
             node.database.start(timeout=timeout)
@@ -305,8 +352,14 @@ class Lab:
                 node.machine.run(self.runtime_command(node, "breaker", "reset"), timeout=30.0)
 
     def start_runtime(self, nodes: list[LabNode] | None = None) -> None:
-        """Start each node's agent, then its keepalived (the order of their systemd units)."""
+        """Learn the members as first boot does, then start each node's agent and its keepalived.
+
+        `mailcow-ha peers sync` stores the members with their server ids in the state directory,
+        where promote finds the volume holder's address. The agents and keepalived start in the
+        order of their systemd units.
+        """
         for node in nodes or list(self.nodes.values()):
+            node.machine.run(self.runtime_command(node, "peers", "sync"), timeout=60.0)
             node.start_agent()
         for node in nodes or list(self.nodes.values()):
             node.start_keepalived()
@@ -323,12 +376,31 @@ class Lab:
             node.database.wait_synced(120.0)
 
     def init_shared_volume(self) -> None:
-        """Prepare the shared volume once, on the node the Pulumi program attached it to."""
+        """Prepare the shared volume once, on the node the Pulumi program attached it to.
+
+        init-data mounts the volume once, so its MMP block then names the host that the lab's
+        kernel writes there (see trust_kernel_host_name).
+        """
         first = self.nodes[min(self.nodes)]
-        # NOTE: even the shortest MMP interval makes a mount after an unclean loss wait about 22 s,
-        # because the kernel checks at least every 5 s and waits two check periods twice. With the
-        # default interval of 5 s a mount outlasted the lab's 40 s mount deadline.
-        first.machine.run(self.runtime_command(first, "init-data", "--mmp-interval", "1"), timeout=120.0)
+        first.machine.run(self.runtime_command(first, "init-data"), timeout=120.0)
+        self.trust_kernel_host_name(read_mmp_node_name(Path(self.shared_image())))
+
+    def trust_kernel_host_name(self, name: str) -> None:
+        """Let every node clear an MMP block that names `name`, the lab kernel's host name.
+
+        The kernel writes its own host name into the MMP block, whatever the UTS namespace of the
+        process that mounts (Linux 6.18 uses `init_utsname()` in fs/ext4/mmp.c). On Hetzner each
+        node has a kernel of its own whose host name is the node name. In the lab every node shares
+        the host's kernel, so the MMP block shows the host's name after any node lost the volume,
+        and the node config lists that name in `volume.mmp_node_names`.
+        """
+        volume = self.options.config_overrides.setdefault("volume", {})
+        volume["mmp_node_names"] = [name]
+        self.save()
+        for node in self.nodes.values():
+            document = dict(node.document)
+            document["volume"] = {**document.get("volume", {}), "mmp_node_names": [name]}
+            node.update_config(document)
 
     def _create_database_users(self, node: LabNode) -> None:
         password = self.secrets.galera_password.replace("'", "''")
@@ -341,23 +413,16 @@ class Lab:
             "GRANT ALL ON lab.* TO 'lab'@'%'",
         )
 
-    def _parallel(self, what: str, action: Any, nodes: list[LabNode] | None = None) -> None:
+    def _parallel(self, what: str, action: Callable[[LabNode], object], nodes: list[LabNode] | None = None) -> None:
         chosen = list(self.nodes.values()) if nodes is None else nodes
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
-            futures = {pool.submit(action, node): node for node in chosen}
-            errors = []
-            for future, node in futures.items():
-                try:
-                    future.result()
-                except (LabError, OSError) as error:
-                    errors.append(f"{node.name}: {error}")
-        if errors:
-            raise LabError(f"{what} failed on {len(errors)} node(s): " + "; ".join(errors))
+        run_parallel(what, action, chosen, cancel=self.cancel, describe=lambda node: node.name)
 
     def down(self) -> list[str]:
-        """Remove everything the manifest lists; return the problems met."""
+        """Stop the lab's waits and client threads, then remove everything the manifest lists; return the problems."""
+        self.cancel.set()
         if self._control is not None:
             self._control.close()
+            self._control = None
         return remove_all(self.manifest)
 
     @staticmethod

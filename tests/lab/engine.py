@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ COMPOSE_NUMBER_LABEL = "com.docker.compose.container-number"
 _BUSYBOX = Path("/bin/busybox")
 _TESTS_DIR = Path(__file__).resolve().parent.parent
 _STARTUP_TIMEOUT = 30.0
+_PING_TIMEOUT = 5.0
 
 
 def build_image_tar(target: Path) -> Path:
@@ -130,26 +132,28 @@ class NodeEngine:
         ]
         (self.work_dir / "containers.conf").write_text("\n".join(lines), encoding="utf-8")
 
-    def start(self) -> None:
-        """Start the node's podman API service and wait until it answers."""
+    def start(self, cancel: threading.Event | None = None) -> None:
+        """Start the node's podman API service and wait until it responds, or until `cancel` is set."""
         self.write_config()
         self.socket_path.unlink(missing_ok=True)
         argv = ["env", *(f"{key}={value}" for key, value in self.environment().items())]
         argv += [*self.podman_argv(), "system", "service", "--time=0", self.socket_url]
         self.node.spawn("podman", argv)
         deadline = time.monotonic() + _STARTUP_TIMEOUT
+        stop = cancel or threading.Event()
         while True:
             try:
-                with self.client() as client:
+                with self.client(timeout=_PING_TIMEOUT) as client:
                     client.ping()
                     return
             except (docker.errors.DockerException, OSError):
                 if time.monotonic() > deadline:
                     raise LabError(
-                        f"podman API of {self.node.name} did not answer within {_STARTUP_TIMEOUT:g} s; "
+                        f"podman API of {self.node.name} did not respond within {_STARTUP_TIMEOUT:g} s; "
                         f"see {self.node.log_dir}/podman.log"
                     ) from None
-                time.sleep(0.1)
+            if stop.wait(0.1):
+                raise LabError(f"stopped waiting for the podman API of {self.node.name}: the lab setup was cancelled")
 
     def client(self, timeout: float = 30.0) -> docker.APIClient:
         return docker.APIClient(base_url=self.socket_url, version="1.41", timeout=timeout)

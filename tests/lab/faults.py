@@ -124,7 +124,7 @@ def power_on(lab: Lab, node: LabNode, timeout: float = 120.0, *, start_galera: b
     lab.network.set_link(node.index, "private", True)
     replug(node.paths.device_dir, lab.lab_dir / "volumes", lab.manifest)
     layout = lab.require_layout()
-    node.boot(lab.image_tar(), layout.floating_ips, lab.network.add_floating_ip_address)
+    node.boot(lab.image_tar(), layout.floating_ips, lab.network.add_floating_ip_address, lab.cancel)
     if start_galera:
         node.database.start()
         node.database.wait_synced(timeout)

@@ -1,8 +1,11 @@
 """The invariants every scenario must keep, sampled every 100 ms, and the data checks after a fault.
 
-Sampled (InvariantSampler): the shared volume is mounted on at most one node; mailcow's
-containers run on at most one node; once one node has been keepalived's MASTER (the only node
-sending VRRP adverts) for `route_bound` seconds and serves, every floating IP routes to it.
+Sampled (InvariantSampler): at most one node can write the shared volume, and mailcow's
+containers run on at most one node that can. A node can write the volume while it has it
+mounted through a device that the cloud has not detached. Once the API moved the volume away,
+the old holder's I/O fails, as on Hetzner. Its leftover mount and containers then write nothing
+until its demote removes them. Once one node has been keepalived's MASTER (the only node sending VRRP
+adverts) for `route_bound` seconds and serves, every floating IP routes to it.
 After a fault (Scenario.assert_invariants): every mail acknowledged before the fault is on the
 shared volume, and every acknowledged Galera row is in the database.
 """
@@ -51,13 +54,19 @@ def check_view(
     `masters` are the nodes that sent VRRP adverts just before the sample.
     """
     violations = []
-    if len(view.mounted_on) > 1:
+    writers = view.writable_on
+    if len(writers) > 1:
         violations.append(
-            Violation(view.monotonic, "single-mount", f"shared volume mounted on {', '.join(view.mounted_on)}")
+            Violation(view.monotonic, "single-mount", f"shared volume mounted and attached on {', '.join(writers)}")
         )
-    if len(view.serving) > 1:
+    serving = view.serving_unfenced
+    if len(serving) > 1:
         violations.append(
-            Violation(view.monotonic, "single-serving", f"mailcow containers run on {', '.join(view.serving)}")
+            Violation(
+                view.monotonic,
+                "single-serving",
+                f"mailcow containers run on {', '.join(serving)}, none of them on a detached volume",
+            )
         )
     master = masters[0] if len(masters) == 1 else None
     if master != tracker.master:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,20 @@ class LabNode:
         inputs = keepalived_inputs(self.config, self.peer_addresses)
         self.paths.keepalived_conf.write_text(render_keepalived_conf(inputs), encoding="utf-8")
 
-    def boot(self, image_tar: Path, floating_ips: Sequence[str], add_address: Any) -> None:
-        """Power the node on and bring up what its boot brings up before Galera starts."""
+    def boot(
+        self, image_tar: Path, floating_ips: Sequence[str], add_address: Any, cancel: threading.Event | None = None
+    ) -> None:
+        """Power the node on and bring up what its boot brings up before Galera starts.
+
+        Setting `cancel` (another node's boot failed) ends the wait for the container engine early.
+        """
         self.prepare_files()
         self.machine.power_on()
         for address in floating_ips:
             add_address(self.index, address.split("/")[0])
         self.database.mount_volume()
         self.database.initialize()
-        self.engine.start()
+        self.engine.start(cancel)
         self.engine.start_health_timer()
         self.engine.import_image(image_tar)
         self.engine.create_project(self.config.mailcow.critical_services)
@@ -99,9 +105,11 @@ class LabNode:
     def start_agent(self) -> None:
         """Start the agent under a restart loop, as its systemd unit does (Restart=always, RestartSec=2).
 
-        Like the unit's RuntimeDirectory, the loop creates the run directory first, where keepalived
-        reads the health file and the FIFO.
+        Like the unit's RuntimeDirectory, the run directory exists before the agent starts, and so
+        before keepalived (ordered after the agent) creates the health file in it. A keepalived that
+        finds no directory there cannot initialise its track file and never goes FAULT.
         """
+        self.machine.run(["install", "-d", "-m", "0750", str(self.config.paths.run_dir)], timeout=10.0)
         script = (
             f"install -d -m 0750 {self.config.paths.run_dir}; "
             f'while :; do {RUNTIME_BIN / "mailcow-ha-agent"}; echo "agent exited with status $?"; sleep 2; done'

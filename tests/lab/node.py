@@ -23,6 +23,8 @@ from lab.shell import LabError, run
 log = logging.getLogger(__name__)
 
 _TESTS_DIR = Path(__file__).resolve().parent.parent
+REPOSITORY = _TESTS_DIR.parent
+"""The checkout the lab runs from: its venv, runtime and tests must be visible inside every node."""
 
 
 class NodeMachine:
@@ -33,6 +35,8 @@ class NodeMachine:
         self.index = index
         self.netns = netns
         self.node_dir = node_dir
+        self.lab_dir = node_dir.parent.parent
+        """The lab directory (`<lab>/nodes/<name>` is the node's directory)."""
         self.log_dir = node_dir / "log"
         self.manifest = manifest
         self._init: tuple[int, int] | None = None
@@ -63,7 +67,7 @@ class NodeMachine:
             subprocess.Popen(
                 [sys.executable, "-m", "lab.nodeinit", "--netns", self.netns, "--hostname", self.name,
                  "--pid-file", str(self.pid_file), "--etc-dir", str(self.node_dir / "etc"),
-                 "--log-dir", str(self.log_dir)],
+                 "--log-dir", str(self.log_dir), "--keep", str(REPOSITORY), "--keep", str(self.lab_dir)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONPATH": str(_TESTS_DIR)}, start_new_session=True,
             )  # fmt: skip

@@ -147,8 +147,6 @@ def lab_node_config(
     document["deadlines"] = {
         "cloud_step": 20.0,
         "device": 10.0,
-        # ext4 multi-mount protection makes a mount after an unclean loss wait about 22 s.
-        "mount": 40.0,
         "containers_healthy": 30.0,
         "containers_stop": 10.0,
         "holders_term": 2.0,

@@ -7,6 +7,11 @@ keepalived's `track_process` sees only this node's processes, as on a real serve
 on /run, /dev/shm and /tmp (so pid files, sockets, temporary files and podman's shared-memory
 locks are per node), and then reaps orphans until it is killed. SIGKILL of the init is the node's power switch: the
 kernel then ends every process in the node and its mounts go away with the mount namespace.
+
+The fresh tmpfs mounts hide whatever the host has below /run, /dev/shm and /tmp. A directory the
+node needs from the host (the repository with its venv, the lab directory) that lies below one of
+them is passed with `--keep DIR` and bind-mounted back at the same path, so the lab runs from any
+checkout path.
 """
 
 from __future__ import annotations
@@ -59,15 +64,41 @@ def enter_network_namespace(name: str) -> None:
 
 
 MS_BIND = 0x1000
+REPLACED_DIRECTORIES = ("/run", "/dev/shm", "/tmp")
+"""Directories that the init covers with a fresh tmpfs of its own."""
 ETC_FILES = ("resolv.conf", "hosts")
 """Files of the node's own /etc, bind-mounted over the host's: without them every name lookup
 inside the lab would wait for the host's resolver, which the lab cannot reach (rsync's reverse
 lookup alone adds 5 s to each step of a Galera state transfer)."""
 
 
-def _run_init(hostname: str, etc_dir: Path | None, log_dir: Path | None) -> None:
+def hidden_by_tmpfs(path: Path) -> bool:
+    """Return whether `path` lies below a directory that the init replaces with a fresh tmpfs."""
+    return any(path == Path(top) or Path(top) in path.parents for top in REPLACED_DIRECTORIES)
+
+
+def _keep_visible(keep: list[Path]) -> list[tuple[int, Path]]:
+    """Open each directory to keep that the tmpfs mounts would hide; return the descriptors and paths."""
+    opened = []
+    for path in keep:
+        real = path.resolve()
+        if hidden_by_tmpfs(real):
+            opened.append((os.open(real, os.O_PATH | os.O_DIRECTORY), real))
+    return opened
+
+
+def _bind_back(opened: list[tuple[int, Path]]) -> None:
+    """Bind each kept directory, opened before the tmpfs mounts, back at its own path."""
+    for descriptor, path in opened:
+        path.mkdir(parents=True, exist_ok=True)
+        _mount(f"/proc/self/fd/{descriptor}", str(path), None, MS_BIND | MS_REC)
+        os.close(descriptor)
+
+
+def _run_init(hostname: str, etc_dir: Path | None, log_dir: Path | None, keep: list[Path]) -> None:
     """Set up the node's view of the system, then reap children until killed."""
     _check(_libc.sethostname(hostname.encode(), len(hostname)), f"sethostname {hostname}")
+    opened = _keep_visible(keep)
     if etc_dir is not None:
         for name in ETC_FILES:
             if (etc_dir / name).exists():
@@ -80,6 +111,7 @@ def _run_init(hostname: str, etc_dir: Path | None, log_dir: Path | None) -> None
     _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64m")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
+    _bind_back(opened)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -96,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid-file", type=Path, required=True, help="where to write '<host pid> <start time>'")
     parser.add_argument("--etc-dir", type=Path, help="directory with the node's resolv.conf and hosts")
     parser.add_argument("--log-dir", type=Path, help="the node's log directory; its var-log/ becomes /var/log")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        action="append",
+        default=[],
+        help="a host directory the node must see at the same path even below /run, /dev/shm or /tmp (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     # The host's /proc, opened before the init mounts the node's own /proc over it.
@@ -108,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     child = os.fork()
     if child == 0:
         try:
-            _run_init(args.hostname, args.etc_dir, args.log_dir)
+            _run_init(args.hostname, args.etc_dir, args.log_dir, args.keep)
         except BaseException as error:
             print(f"lab node init {args.hostname}: {error}", file=sys.stderr)
             os._exit(1)

@@ -4,6 +4,7 @@ One pass over the host's /proc finds each node's processes (by PID namespace), i
 containers (a `conmon` with a live child is a running container) and its keepalived and agent;
 each node's mountinfo shows whether the shared volume is mounted there, recognised by the loop
 device's backing image, so a mount anywhere counts, not only at the configured mount point;
+the loop device's size shows whether the cloud has detached (unplugged) it under that mount;
 the router's routing table shows where the floating IPs go.
 """
 
@@ -35,6 +36,8 @@ class NodeView:
     agent: bool = False
     health: str | None = None
     """Content of the node's keepalived track file (`0` healthy), None when unreadable."""
+    fenced_mounts: tuple[str, ...] = ()
+    """Those of `shared_mounts` whose loop device the cloud has unplugged: every write there fails."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,23 @@ class LabView:
     def serving(self) -> list[str]:
         """Nodes with at least one running mailcow container."""
         return [view.name for view in self.nodes if view.containers]
+
+    @property
+    def writable_on(self) -> list[str]:
+        """Nodes that can write the shared volume: mounted there through a device still attached."""
+        return [view.name for view in self.nodes if set(view.shared_mounts) - set(view.fenced_mounts)]
+
+    @property
+    def serving_unfenced(self) -> list[str]:
+        """Serving nodes, except those whose only shared mounts are on a detached device.
+
+        Such a node's containers still run until its demote, but they can write no mail data.
+        """
+        return [
+            view.name
+            for view in self.nodes
+            if view.containers and not (view.shared_mounts and set(view.shared_mounts) <= set(view.fenced_mounts))
+        ]
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,9 @@ def scan_processes(namespaces: Iterable[str]) -> ProcessTable:
         comm = text[text.index("(") + 1 : text.rindex(")")]
         fields = text[text.rindex(")") + 2 :].split()
         process = _Process(int(entry.name), int(fields[1]), comm, fields[0], namespace)
-        if process.state != "Z":
+        # conmon starts `podman container cleanup` as its child once the container has exited;
+        # that child does not make the container a running one.
+        if process.state != "Z" and comm != "podman":
             children.setdefault(process.ppid, []).append(process.pid)
         if namespace in wanted:
             found[namespace].append(process)
@@ -137,15 +159,29 @@ def loop_backing_file(device: str, cache: dict[str, str | None]) -> str | None:
 
 def mounts_of_image(mountinfo: str, image: str, cache: dict[str, str | None]) -> list[str]:
     """Return the mount points in `mountinfo` whose source is a loop device on `image`."""
-    points = []
+    return [point for point, _ in mounted_devices_of_image(mountinfo, image, cache)]
+
+
+def mounted_devices_of_image(mountinfo: str, image: str, cache: dict[str, str | None]) -> list[tuple[str, str]]:
+    """Return (mount point, loop device) for every mount in `mountinfo` of a loop device on `image`."""
+    found = []
     for line in mountinfo.splitlines():
         before, _, after = line.partition(" - ")
         fields, source = before.split(), after.split()
         if len(fields) < 5 or len(source) < 2:
             continue
         if loop_backing_file(source[1], cache) == image:
-            points.append(fields[4])
-    return points
+            found.append((fields[4], source[1]))
+    return found
+
+
+def loop_unplugged(device: str) -> bool:
+    """Return whether loop device `device` was unplugged: cut to its first sector (lab.volumes)."""
+    try:
+        sectors = int(Path(f"/sys/block/{Path(device).name}/size").read_text())
+    except (OSError, ValueError):
+        return False
+    return sectors <= 1
 
 
 def floating_ip_routes(router_ns: str, addresses: Iterable[str]) -> dict[str, str | None]:

@@ -35,6 +35,7 @@ from lab.shell import LabError
 from lab.timeline import Timeline, build_timeline
 from lab.traffic import DatabaseWriter, MailClient
 from lab.vrrp import VrrpWatcher
+from mailcow_ha.failover.history import FailoverRecord, HistoryStore, RecordKind, RecordOutcome
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,16 @@ class Scenario:
 
     def __enter__(self) -> Scenario:
         self._log_offsets = {node.name: _size(node.machine.log_dir / "agent.log") for node in self.lab.nodes.values()}
-        self.vrrp.start()
-        self.health.start()
-        self.sampler.start()
-        self.mail.start()
-        self.writer.start()
+        started: list[Any] = []
+        try:
+            for part in (self.vrrp, self.health, self.sampler, self.mail, self.writer):
+                part.start()
+                started.append(part)
+        except BaseException:
+            # __exit__ does not run when __enter__ fails, so the threads started so far stop here.
+            for part in reversed(started):
+                part.stop()
+            raise
         return self
 
     def __exit__(
@@ -162,6 +168,19 @@ class Scenario:
             return self.lab.node_by_name(view.serving[0])
 
         return wait_for(other_node_serving, timeout, f"a node other than {old.name} serving mail")
+
+    def wait_for_release(self, old: LabNode, timeout: float = 60.0) -> None:
+        """Wait until `old` runs no mailcow container and has no mount of the shared volume left.
+
+        A fenced old master (the cloud detached the volume from it) keeps both until its own demote,
+        which follows its loss of Galera quorum, or of keepalived, by a few seconds.
+        """
+
+        def released() -> bool:
+            view = self.lab.view()
+            return old.name not in view.serving and old.name not in view.mounted_on
+
+        wait_for(released, timeout, f"{old.name} to stop serving and unmount the shared volume")
 
     # --- faults and verdicts -----------------------------------------------------------------
 
@@ -223,6 +242,22 @@ class Scenario:
             if event.get("kind") == "volume.attached" and event.get("volume") == shared
             and float(event["time"]) + offset >= moment
         ]  # fmt: skip
+
+    def handover(self, new_master: LabNode, timeout: float = 30.0) -> dict[str, str]:
+        """Return the step details of the new master's last promote, once it has finished.
+
+        The keys are step names, such as `release wait` and `multi-mount protection`; a step that
+        did not run, or has no detail, is missing. The client is served before the promote ends,
+        because the promote still waits for the containers' health checks.
+        """
+
+        def finished() -> FailoverRecord | None:
+            records = HistoryStore(new_master.paths.state_dir).read().records
+            promote = next((record for record in reversed(records) if record.kind is RecordKind.FAILOVER), None)
+            return promote if promote is not None and promote.outcome is not RecordOutcome.RUNNING else None
+
+        promote = wait_for(finished, timeout, f"the promote of {new_master.name} to finish")
+        return {step.name: step.detail for step in promote.steps if step.detail is not None}
 
     def violations(self) -> list[Violation]:
         return self.sampler.snapshot()[1]

@@ -9,7 +9,8 @@ from lab.observe import (
     LabView,
     NodeView,
     floating_ip_routes,
-    mounts_of_image,
+    loop_unplugged,
+    mounted_devices_of_image,
     now,
     running_containers,
     scan_processes,
@@ -23,12 +24,16 @@ if TYPE_CHECKING:
 def lab_view(lab: Lab) -> LabView:
     """Return the lab's state now (see lab.observe); cheap enough for 10 samples a second."""
     wall, monotonic = now()
-    namespaces = {node.index: node.machine.pid_namespace for node in lab.nodes.values()}
+
+    # One copy of the node list: a scale-out may add nodes while a sampler thread reads them.
+    nodes = sorted(lab.nodes.items())
+    namespaces = {index: node.machine.pid_namespace for index, node in nodes}
     table = scan_processes(namespace for namespace in namespaces.values() if namespace)
     image = lab.shared_image()
     cache: dict[str, str | None] = {}
     views = []
-    for index, node in sorted(lab.nodes.items()):
+
+    for index, node in nodes:
         namespace = namespaces[index]
         if namespace is None:
             views.append(NodeView(node.name, index, powered=False))
@@ -39,12 +44,14 @@ def lab_view(lab: Lab) -> LabView:
             health: str | None = node.machine.path(node.config.paths.health_file).read_text().strip()
         except (OSError, LabError):
             health = None
+        mounts = mounted_devices_of_image(node.machine.mountinfo(), image, cache)
         views.append(
             NodeView(
                 node.name,
                 index,
                 powered=True,
-                shared_mounts=tuple(mounts_of_image(node.machine.mountinfo(), image, cache)),
+                shared_mounts=tuple(point for point, _ in mounts),
+                fenced_mounts=tuple(point for point, device in mounts if loop_unplugged(device)),
                 containers=tuple(running_containers(own, table.live_children)),
                 keepalived="keepalived" in comms,
                 agent=AGENT_COMM in comms,
@@ -70,9 +77,14 @@ def lab_status(lab: Lab) -> dict[str, Any]:
             f"  {node_view.name:<16} {'on' if node_view.powered else 'OFF':<3} "
             f"health={node_view.health or '-':<3} keepalived={'yes' if node_view.keepalived else 'no':<3} "
             f"agent={'yes' if node_view.agent else 'no':<3} galera={galera:<20} "
-            f"mounted={','.join(node_view.shared_mounts) or '-'} containers={len(node_view.containers)}"
+            f"mounted={','.join(_mount_text(node_view, point) for point in node_view.shared_mounts) or '-'} "
+            f"containers={len(node_view.containers)}"
         )
     for address, next_hop in view.floating_ip_routes.items():
         target = by_public_ip.get(next_hop or "", "nowhere")
         lines.append(f"  floating IP {address} -> {next_hop or 'unreachable'} ({target})")
     return {"lines": lines, "view": view}
+
+
+def _mount_text(view: NodeView, point: str) -> str:
+    return f"{point} (detached)" if point in view.fenced_mounts else point

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from pathlib import Path
 
+import pytest
+
+from lab.cluster import run_parallel
 from lab.invariants import RouteTracker, check_view, missing
 from lab.manifest import Manifest, process_alive, process_start_time
+from lab.nodeinit import hidden_by_tmpfs
 from lab.observe import LabView, NodeView, mounts_of_image
+from lab.shell import LabError
 from lab.timeline import build_timeline
 from lab.traffic import Attempt
 from lab.vrrp import Advert, _parse
@@ -43,6 +49,42 @@ def test_two_serving_nodes_break_single_serving() -> None:
     rules = [violation.rule for violation in check_view(view, ["a"], RouteTracker(), PUBLIC, 3.0)]
 
     assert rules == ["single-serving"]
+
+
+def _fenced(view: LabView, name: str) -> LabView:
+    """Return `view` with `name`'s shared mounts on a device the cloud has detached."""
+    nodes = tuple(
+        NodeView(node.name, node.index, node.powered, node.shared_mounts, node.containers, health=node.health,
+                 fenced_mounts=node.shared_mounts if node.name == name else ())
+        for node in view.nodes
+    )  # fmt: skip
+    return LabView(view.time, view.monotonic, nodes, view.floating_ip_routes)
+
+
+def test_detached_old_mount_not_a_writer() -> None:
+    # The old master still has the volume mounted and its containers running until its demote,
+    # but the cloud has detached the volume from it, so none of its writes reach the disk.
+    view = _fenced(_view(1.0, mounted={"a": True, "b": True}, serving={"a": True, "b": True}, route=PUBLIC["b"]), "a")
+
+    rules = [violation.rule for violation in check_view(view, ["b"], RouteTracker(), PUBLIC, 3.0)]
+
+    assert rules == []
+    assert view.mounted_on == ["a", "b"]
+    assert view.writable_on == ["b"]
+    assert view.serving_unfenced == ["b"]
+
+
+def test_containers_without_mount_still_serving() -> None:
+    # Containers on a node that has no mount of the shared volume at all (an empty directory of
+    # the root disk) count, so two of them still break the rule.
+    view = _fenced(_view(1.0, mounted={"b": True}, serving={"a": True, "b": True}, route=PUBLIC["b"]), "b")
+
+    rules = [violation.rule for violation in check_view(view, ["b"], RouteTracker(), PUBLIC, 3.0)]
+
+    assert rules == []
+    assert view.serving_unfenced == ["a"]
+    both = _view(1.0, mounted={"b": True}, serving={"a": True, "b": True}, route=PUBLIC["b"])
+    assert [violation.rule for violation in check_view(both, ["b"], RouteTracker(), PUBLIC, 3.0)] == ["single-serving"]
 
 
 def test_route_rule_waits_for_bound() -> None:
@@ -161,3 +203,58 @@ def test_process_identity_needs_start_time() -> None:
     assert start is not None
     assert process_alive(1, start)
     assert not process_alive(1, start + 1)
+
+
+def _pool_threads(prefix: str) -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith(prefix)]
+
+
+def test_parallel_failure_cancels_others() -> None:
+    cancel = threading.Event()
+
+    def boot(node: str) -> None:
+        if node == "node-1":
+            raise LabError("podman did not start")
+        if not cancel.wait(30):
+            raise AssertionError("the other boots were never cancelled")
+        raise LabError("stopped waiting: the lab setup was cancelled")
+
+    with pytest.raises(LabError, match="node-1: podman did not start"):
+        run_parallel("boot-test", boot, ["node-1", "node-2", "node-3"], cancel=cancel)
+
+    assert cancel.is_set()
+    assert _pool_threads("lab-boot-test") == []
+
+
+def test_parallel_unexpected_error_joins_threads() -> None:
+    cancel = threading.Event()
+
+    def boot(node: str) -> None:
+        if node == "node-1":
+            raise RuntimeError("a bug in the lab")
+        cancel.wait(30)
+
+    with pytest.raises(RuntimeError, match="a bug in the lab"):
+        run_parallel("boot-bug", boot, ["node-1", "node-2"], cancel=cancel)
+
+    assert cancel.is_set()
+    assert _pool_threads("lab-boot-bug") == []
+
+
+def test_parallel_success_leaves_cancel_clear() -> None:
+    cancel = threading.Event()
+    done: list[str] = []
+
+    run_parallel("boot-ok", done.append, ["node-1", "node-2"], cancel=cancel)
+
+    assert sorted(done) == ["node-1", "node-2"]
+    assert not cancel.is_set()
+
+
+def test_paths_hidden_by_node_tmpfs() -> None:
+    assert hidden_by_tmpfs(Path("/tmp/ci-check"))
+    assert hidden_by_tmpfs(Path("/run/user/0/checkout"))
+    assert hidden_by_tmpfs(Path("/dev/shm/x"))
+    assert not hidden_by_tmpfs(Path("/var/tmp/mailcow-ha-lab"))
+    assert not hidden_by_tmpfs(Path("/tmpfoo/checkout"))
+    assert not hidden_by_tmpfs(Path("/work/main"))

@@ -42,7 +42,7 @@ def test_master_alone_in_partition_steps_down(lab: Lab, open_scenario: Callable[
 
     fault_at = scenario.inject("partition 1 | 2", lambda: faults.partition(lab, [master]))
     new_master = scenario.wait_for_new_master(master, timeout=90)
-    faults.wait_for(lambda: master.name not in lab.view().serving, 60, f"{master.name} to stop serving")
+    scenario.wait_for_release(master)
 
     timeline = scenario.timeline("partition 1 | 2", "the master alone on its side", fault_at, master)
     print(timeline.render())
@@ -88,7 +88,7 @@ def test_partition_two_three_on_five(five_node_lab: Lab, open_scenario: Callable
     new_master = scenario.wait_for_new_master(master, timeout=120)
 
     assert new_master not in minority
-    faults.wait_for(lambda: master.name not in lab.view().serving, 60, f"{master.name} to stop serving")
+    scenario.wait_for_release(master)
     for node in minority:
         status = node.database.try_status()
         assert status is None or status.cluster_status != "Primary"

@@ -10,7 +10,6 @@ import pytest
 
 from lab.cluster import Lab, LabOptions
 from lab.scenario import Scenario
-from lab.shell import LabError
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 _TOOLS = ("keepalived", "mariadbd", "podman", "runc", "losetup", "nsenter", "busybox", "mkfs.ext4")
@@ -34,7 +33,8 @@ def build_lab(options: LabOptions) -> Lab:
     lab = Lab.create(options)
     try:
         lab.up()
-    except LabError:
+    except BaseException:
+        # Also on an interrupt or an unexpected error: down() stops the lab's threads and processes.
         Scenario.keep_lab_logs(lab, ARTIFACTS / f"lab-up-{lab.lab_id}")
         lab.down()
         raise

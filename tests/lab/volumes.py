@@ -13,26 +13,18 @@ has no device-mapper, which would otherwise be the natural way to switch a devic
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import loopdev
 from lab.manifest import Manifest
 from lab.shell import LabError, run
+from mailcow_ha.adapters import ext4mmp
+from mailcow_ha.errors import BlockDeviceError
 
 log = logging.getLogger(__name__)
-
-_LOOP_SET_STATUS64 = 0x4C04
-_LOOP_GET_STATUS64 = 0x4C05
-_LOOP_INFO64_SIZE = 232
-_SIZELIMIT_OFFSET = 32
-"""Offset of `lo_sizelimit` in `struct loop_info64` (after lo_device, lo_inode, lo_rdevice, lo_offset)."""
-_UNPLUGGED_SIZE = 512
-"""Bytes left visible on an unplugged loop device: the first sector, so any file system I/O fails."""
 
 
 def device_link_name(volume_id: int) -> str:
@@ -168,13 +160,18 @@ def replug(device_dir: Path, image_dir: Path, manifest: Manifest) -> list[str]:
 
 def unplug_loop_device(device: str) -> None:
     """Shrink a loop device to one sector, so that every I/O beyond it fails from now on."""
-    descriptor = os.open(device, os.O_RDONLY)
     try:
-        info = bytearray(_LOOP_INFO64_SIZE)
-        fcntl.ioctl(descriptor, _LOOP_GET_STATUS64, info)
-        struct.pack_into("Q", info, _SIZELIMIT_OFFSET, _UNPLUGGED_SIZE)
-        fcntl.ioctl(descriptor, _LOOP_SET_STATUS64, bytes(info))
+        loopdev.unplug_loop_device(device)
     except OSError as error:
         raise LabError(f"unplugging loop device {device} failed: {error.strerror}") from None
-    finally:
-        os.close(descriptor)
+
+
+def read_mmp_node_name(image: Path) -> str:
+    """Return the host name in the MMP block of the ext4 file system in `image`."""
+    try:
+        block = ext4mmp.read_mmp(image, timeout=30.0)
+    except BlockDeviceError as error:
+        raise LabError(f"reading the MMP block of {image} failed: {error}") from None
+    if block is None:
+        raise LabError(f"{image} has no MMP block; run init-data on the shared volume first")
+    return block.node_name
