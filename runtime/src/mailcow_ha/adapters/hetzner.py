@@ -27,7 +27,7 @@ from hcloud.floating_ips import FloatingIP
 from hcloud.servers import Server
 from hcloud.volumes import Volume
 
-from mailcow_ha import __version__
+from mailcow_ha.adapters.hetzner_client import ApiFailure, ThreadClient
 from mailcow_ha.adapters.hetzner_policy import (
     CONNECTION_ERROR,
     RATE_LIMITED,
@@ -54,7 +54,6 @@ BeforeDetach = Callable[[int, Deadline], None]
 
 MAX_DETACHES = 3
 """Detaches of the shared volume in one move; more means another node keeps attaching it."""
-MIN_REQUEST_TIMEOUT = 0.05
 
 
 @dataclass(frozen=True)
@@ -84,65 +83,6 @@ class VolumeInfo:
     server_id: int | None
     linux_device: str
     location: str
-
-
-class _ApiFailure(Exception):
-    """One failed request with its error code, converted to CloudError when it is not retried."""
-
-    def __init__(self, operation: str, code: str, message: str, correlation_id: str | None, reset_in: float | None):
-        super().__init__(f"{operation}: {code} ({message})")
-        self.operation = operation
-        self.code = code
-        self.message = message
-        self.correlation_id = correlation_id
-        self.rate_limit_reset_in = reset_in
-
-    def to_cloud_error(self, reason: str) -> CloudError:
-        where = f", correlation id {self.correlation_id}" if self.correlation_id else ""
-        return CloudError(
-            f"Hetzner Cloud API: {self.operation} failed with {self.code} ({self.message}){where}; {reason}; "
-            "check the resource in the Cloud Console and the API status, then retry",
-            code=self.code,
-            correlation_id=self.correlation_id,
-        )
-
-
-class _ThreadClient:
-    """One hcloud client with its own requests session, configured for bounded use."""
-
-    def __init__(self, settings: HetznerSettings) -> None:
-        self.client = hcloud.Client(
-            settings.token.get_secret_value(),
-            api_endpoint=settings.endpoint,
-            application_name="mailcow-ha",
-            application_version=__version__,
-            poll_interval=settings.poll_interval,
-            poll_max_retries=1,
-            timeout=(settings.connect_timeout, settings.request_timeout),
-        )
-        # NOTE: hcloud 2.x has no constructor arguments for its retry count or its session, so the
-        # private attributes are set here. test_hetzner_adapter checks that no request is repeated.
-        base = self.client._client
-        for attribute in ("_retry_max_retries", "_session", "_timeout"):
-            if not hasattr(base, attribute):
-                raise CloudError(
-                    f"hcloud {hcloud.__version__} has no ClientBase.{attribute}; the adapter cannot bound "
-                    "its requests; install the hcloud version that runtime/pyproject.toml pins"
-                )
-        base._retry_max_retries = 0
-        session: requests.Session = base._session
-        session.trust_env = False  # no proxy or .netrc from the environment may replace the token header
-        session.hooks["response"].append(self._remember_headers)
-        self._base = base
-        self.last_headers: Mapping[str, str] = {}
-
-    def _remember_headers(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self.last_headers = response.headers
-
-    def bound_timeout(self, connect: float, read: float, deadline: Deadline) -> None:
-        remaining = max(MIN_REQUEST_TIMEOUT, deadline.remaining())
-        self._base._timeout = (min(connect, remaining), min(read, remaining))
-        self.last_headers = {}
 
 
 class HetznerCloud:
@@ -187,7 +127,7 @@ class HetznerCloud:
                     self._wait_action(
                         action, f"assign floating IP {fip_id} to server {server_id}", deadline, checkpoint
                     )
-            except _ApiFailure as failure:
+            except ApiFailure as failure:
                 self._back_off(failure, attempt, deadline)
                 attempt += 1
 
@@ -226,7 +166,7 @@ class HetznerCloud:
                     detaches += 1
                 else:
                     self._attach(volume_id, server_id, deadline, checkpoint)
-            except _ApiFailure as failure:
+            except ApiFailure as failure:
                 if is_retryable(failure.code):
                     self._back_off(failure, attempt, deadline)
                     attempt += 1
@@ -347,7 +287,7 @@ class HetznerCloud:
             raise DeadlineExceeded(f"{deadline.step} timed out waiting for {waiting_for}")
         self._sleep(min(seconds, remaining))
 
-    def _back_off(self, failure: _ApiFailure, attempt: int, deadline: Deadline) -> None:
+    def _back_off(self, failure: ApiFailure, attempt: int, deadline: Deadline) -> None:
         """Sleep before retrying a failed request, or raise CloudError or DeadlineExceeded."""
         decision = decide_retry(
             failure.code,
@@ -366,10 +306,10 @@ class HetznerCloud:
 
     # --- requests ------------------------------------------------------------------------------
 
-    def _client(self) -> _ThreadClient:
-        client: _ThreadClient | None = getattr(self._local, "client", None)
+    def _client(self) -> ThreadClient:
+        client: ThreadClient | None = getattr(self._local, "client", None)
         if client is None:
-            client = _ThreadClient(self._settings)
+            client = ThreadClient(self._settings)
             self._local.client = client
         return client
 
@@ -384,11 +324,11 @@ class HetznerCloud:
         except hcloud.APIException as error:
             code = error.code if isinstance(error.code, str) else f"http_{error.code}"
             reset_in = self._reset_in(client.last_headers)
-            raise _ApiFailure(operation, code, str(error.message), error.correlation_id, reset_in) from None
+            raise ApiFailure(operation, code, str(error.message), error.correlation_id, reset_in) from None
         except requests.exceptions.Timeout:
-            raise _ApiFailure(operation, REQUEST_TIMEOUT, "no response within the read timeout", None, None) from None
+            raise ApiFailure(operation, REQUEST_TIMEOUT, "no response within the read timeout", None, None) from None
         except requests.exceptions.RequestException as error:
-            raise _ApiFailure(operation, CONNECTION_ERROR, type(error).__name__, None, None) from None
+            raise ApiFailure(operation, CONNECTION_ERROR, type(error).__name__, None, None) from None
 
     def _read(self, operation: str, call: Callable[[hcloud.Client], T], deadline: Deadline) -> T:
         """Send a read, retrying transient errors with backoff inside the deadline."""
@@ -396,7 +336,7 @@ class HetznerCloud:
         while True:
             try:
                 return self._send(operation, call, deadline)
-            except _ApiFailure as failure:
+            except ApiFailure as failure:
                 self._back_off(failure, attempt, deadline)
                 attempt += 1
 
