@@ -152,6 +152,9 @@ def lab_node_config(
         "holders_term": 2.0,
     }
     document["membership"] = {"sync_interval": 10.0}
+    # Scenarios share one lab, so a production repeat interval (10 min) would let one scenario's
+    # alerts suppress the next scenario's; 15 s is shorter than any scenario's restore.
+    document["alerts"] = {**document.get("alerts", {}), "repeat_interval": 15.0}
     document["health"] = {
         "interval": 0.5,
         "probe_timeout": 3.0,

@@ -128,6 +128,12 @@ class Node:
     def say(self, state: str) -> None:
         os.write(self.fifo_writer, f'INSTANCE "mailcow" {state} 250\n'.encode())
 
+    def wait_healthy(self, timeout: float = 5.0) -> None:
+        """Wait until the track file and the snapshot both report healthy (the snapshot follows the file)."""
+        assert self.agent is not None
+        agent = self.agent
+        self.wait(lambda: self.health.read() == 0 and agent.snapshot().healthy, timeout)
+
     def wait_unhealthy(self, timeout: float = 5.0) -> None:
         """Wait until the track file and the snapshot both report unhealthy (the snapshot follows the file)."""
         assert self.agent is not None
@@ -165,7 +171,7 @@ def test_standby_reports_healthy(make_node: Callable[..., Node]) -> None:
     node = make_node(VrrpState.BACKUP)
     agent = node.start()
 
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     assert node.transitions.runs == ["demote"]
     snapshot = agent.snapshot()
@@ -177,7 +183,7 @@ def test_standby_reports_healthy(make_node: Callable[..., Node]) -> None:
 def test_master_failure_reaches_track_file(make_node: Callable[..., Node]) -> None:
     node = make_node(VrrpState.BACKUP)
     agent = node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     node.say("MASTER")
     node.wait(lambda: agent.snapshot().reason == "master: all probes pass")
@@ -218,7 +224,7 @@ def test_expired_maintenance_alerts_once(make_node: Callable[..., Node]) -> None
 def test_quorum_loss_alerts_once(make_node: Callable[..., Node]) -> None:
     node = make_node(VrrpState.BACKUP)
     agent = node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     node.probes[GALERA].ok = False
     node.probes[GALERA].quorum_lost = True
@@ -233,13 +239,13 @@ def test_failed_promote_reports_unhealthy(make_node: Callable[..., Node]) -> Non
     node = make_node(VrrpState.BACKUP)
     node.transitions.fail_promote = True
     agent = node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     node.say("MASTER")
     node.wait_unhealthy()
     reason = agent.snapshot().reason
     node.say("FAULT")
-    node.wait(lambda: node.health.read() == 0, timeout=5)
+    node.wait_healthy()
 
     assert reason == "promote failed: volume move timed out"
     assert node.transitions.runs == ["demote", "promote", "demote"]
@@ -279,7 +285,7 @@ def test_unknown_state_keeps_track_file_role_free(make_node: Callable[..., Node]
     node.probes[CONTAINERS].ok = False
     agent = node.start()
 
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     assert agent.snapshot().vrrp_state == "UNKNOWN"
     assert node.transitions.runs == []
@@ -288,11 +294,11 @@ def test_unknown_state_keeps_track_file_role_free(make_node: Callable[..., Node]
 def test_rewrites_track_file_after_keepalived_restart(make_node: Callable[..., Node]) -> None:
     node = make_node(VrrpState.BACKUP)
     node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     node.health.write(False)
 
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
 
 def test_vanished_keepalived_demotes(make_node: Callable[..., Node]) -> None:
@@ -310,7 +316,7 @@ def test_verdict_change_logged_once(make_node: Callable[..., Node], caplog: pyte
     caplog.set_level(logging.INFO, logger="mailcow_ha.agent.main")
     node = make_node(VrrpState.BACKUP)
     node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     node.probes[CONTAINERS].ok = False
     node.wait(lambda: node.health.read() == 1)
@@ -329,7 +335,7 @@ def test_grace_period_after_failover(make_node: Callable[..., Node]) -> None:
 
     node.transitions.promote = promote_records_start  # type: ignore[method-assign]
     agent = node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
     node.probes[CONTAINERS].ok = False
     node.say("MASTER")
     node.wait(lambda: agent.snapshot().reason.endswith("(grace period after a failover)"))
@@ -351,7 +357,7 @@ def test_grace_period_after_failover(make_node: Callable[..., Node]) -> None:
 def test_master_without_quorum_does_not_promote(make_node: Callable[..., Node]) -> None:
     node = make_node(VrrpState.BACKUP)
     agent = node.start()
-    node.wait(lambda: node.health.read() == 0)
+    node.wait_healthy()
 
     node.probes[GALERA].ok = False
     node.probes[GALERA].quorum_lost = True
