@@ -186,6 +186,24 @@ def test_timeline_marks_and_phases() -> None:
     assert timeline.mark("FAULT").at == 10.3
 
 
+def test_timeline_takes_detection_from_the_fault_advert_when_no_sample_caught_it() -> None:
+    private = {"a": "10.0.1.11", "b": "10.0.1.12"}
+    views = [
+        _view(10.0, mounted={"a": True}, serving={"a": True}, route=PUBLIC["a"]),
+        _view(11.0, mounted={"b": True}, serving={"b": True}, route=PUBLIC["b"]),
+    ]
+    adverts = [Advert(10.3, "10.0.1.11", 0), Advert(10.4, "10.0.1.12", 240)]
+
+    timeline = build_timeline(
+        title="t", fault="crash", fault_at=10.0, old_master="a", views=views, adverts=adverts,
+        hook_events=[], mail_attempts=[], private_ips=private, public_ips=PUBLIC,
+        shared_volume_id=7, critical_containers=1,
+    )  # fmt: skip
+
+    assert timeline.mark("detection").at == 10.3
+    assert round(timeline.phases()["election"], 3) == 0.1
+
+
 def test_manifest_skips_torn_line(tmp_path: Path) -> None:
     manifest = Manifest(tmp_path)
     manifest.record("netns", "lab-a")

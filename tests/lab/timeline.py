@@ -109,10 +109,10 @@ def build_timeline(
          and names_by_private_ip.get(advert.source) == old_master),
         None,
     )  # fmt: skip
-    if detected_at is not None and fault_state is not None:
-        # keepalived reacts to the track file at once (inotify), faster than a 20 ms poll: its FAULT
-        # advert proves the file had changed by then.
-        detected_at = min(detected_at, fault_state.time)
+    if fault_state is not None:
+        # keepalived reacts to the track file at once (inotify), faster than the sampler: its FAULT
+        # advert proves the file had changed by then, also when no sample caught the change.
+        detected_at = fault_state.time if detected_at is None else min(detected_at, fault_state.time)
     new_master = next(
         (advert for advert in adverts if advert.time >= fault_at and advert.priority > 0
          and names_by_private_ip.get(advert.source) not in (None, old_master)),
