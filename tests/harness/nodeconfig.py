@@ -12,13 +12,15 @@ import yaml
 def node_config_dict(**overrides: Any) -> dict[str, Any]:
     """Return a complete, valid node config for node 1 of a 3-node cluster.
 
+    The node and its peers have loopback addresses (127.0.1.11-13), so a test that happens to
+    contact them reaches this host only, where nothing listens unless the test started it.
     Keyword arguments replace top-level sections wholesale; use `deep_update` for single keys.
     """
     document: dict[str, Any] = {
         "cluster": "mailcow-ha-test",
-        "node": {"name": "mailcow-ha-test-1", "index": 1, "private_ip": "10.0.1.11"},
+        "node": {"name": "mailcow-ha-test-1", "index": 1, "private_ip": "127.0.1.11"},
         "peers": [
-            {"name": f"mailcow-ha-test-{index}", "index": index, "private_ip": f"10.0.1.{10 + index}"}
+            {"name": f"mailcow-ha-test-{index}", "index": index, "private_ip": f"127.0.1.{10 + index}"}
             for index in (1, 2, 3)
         ],
         "hetzner": {

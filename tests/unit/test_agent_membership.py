@@ -97,6 +97,7 @@ class FakeKeepalived:
 @pytest.fixture
 def config(tmp_path: Path) -> NodeConfig:
     document = node_config_dict(
+        node={"name": "mailcow-ha-test-1", "index": 1, "private_ip": "10.0.1.11"},
         peers=[],
         paths={
             "state_dir": str(tmp_path / "state"),

@@ -58,7 +58,7 @@ def test_duplicate_peer_rejected() -> None:
     document = node_config_dict()
     document["peers"][2]["private_ip"] = document["peers"][1]["private_ip"]
 
-    with pytest.raises(ConfigError, match=r"duplicate private_ip 10\.0\.1\.12"):
+    with pytest.raises(ConfigError, match=r"duplicate private_ip 127\.0\.1\.12"):
         parse_config(document)
 
 
