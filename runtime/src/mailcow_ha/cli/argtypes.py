@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 def positive_seconds(text: str) -> float:
@@ -21,6 +22,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    """Parse a duration in seconds that is finite and 0 or greater (0: do not wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} seconds is out of range; use 0 or a greater number")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """Parse a whole number that is 0 or greater."""
     try:
@@ -30,3 +42,30 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is out of range; use 0 or a greater whole number")
     return value
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number that is 1 or greater."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; use a whole number of 1 or more")
+    return value
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """Return a parser of whole numbers from `low` to `high`, both included."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {low} to {high}")
+        return value
+
+    parse.__name__ = f"int from {low} to {high}"
+    return parse

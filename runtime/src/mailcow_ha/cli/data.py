@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mailcow_ha.cli.argtypes import int_between
 from mailcow_ha.config import load_config
-from mailcow_ha.errors import ConfigError, ExitCode
+from mailcow_ha.errors import ExitCode
 from mailcow_ha.mailcow import override_file
 from mailcow_ha.mailcow.initdata import InitRequest, init_data
+
+MAX_MMP_INTERVAL = 300
+"""The longest ext4 multi-mount protection update interval `init-data` sets, in seconds."""
 
 
 def register(subparsers: Any) -> None:
@@ -26,9 +30,9 @@ def register(subparsers: Any) -> None:
     init.add_argument("--device", type=Path, help="the volume's device (default: from the node config)")
     init.add_argument(
         "--mmp-interval",
-        type=int,
+        type=int_between(1, MAX_MMP_INTERVAL),
         default=5,
-        help="ext4 multi-mount protection update interval in seconds (default: 5)",
+        help=f"ext4 multi-mount protection update interval in seconds, 1 to {MAX_MMP_INTERVAL} (default: 5)",
     )
     init.set_defaults(handler=run_init_data)
 
@@ -49,8 +53,6 @@ def register(subparsers: Any) -> None:
 
 def run_init_data(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
-    if not 1 <= args.mmp_interval <= 300:
-        raise ConfigError(f"--mmp-interval {args.mmp_interval} is out of range; use 1 to 300 seconds")
     request = InitRequest(
         device=args.device or config.volume_device,
         cluster=config.cluster,

@@ -7,13 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mailcow_ha.cli.argtypes import positive_seconds
+from mailcow_ha.cli.argtypes import int_between, positive_seconds
 from mailcow_ha.errors import ConfigError, ExitCode
 from mailcow_ha.mailcow import kuma
 
 URL_ENV = "KUMA_URL"
 USERNAME_ENV = "KUMA_USERNAME"
 PASSWORD_ENV = "KUMA_PASSWORD"  # noqa: S105 (the name of an environment variable, not a password)
+MIN_INTERVAL = 20
+MAX_INTERVAL = 86400
+"""The check intervals in seconds that Uptime Kuma accepts."""
 
 
 def register(subparsers: Any) -> None:
@@ -55,7 +58,12 @@ def register(subparsers: Any) -> None:
 
 def _add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outputs", type=Path, required=True, help="file with `pulumi stack output --json`")
-    parser.add_argument("--interval", type=int, default=60, help="seconds between checks (default: 60)")
+    parser.add_argument(
+        "--interval",
+        type=int_between(MIN_INTERVAL, MAX_INTERVAL),
+        default=60,
+        help=f"seconds between checks, {MIN_INTERVAL} to {MAX_INTERVAL} (default: 60)",
+    )
 
 
 def run_plan(args: argparse.Namespace) -> ExitCode:
@@ -86,8 +94,6 @@ def run_sync(args: argparse.Namespace) -> ExitCode:
 
 
 def _interval(args: argparse.Namespace) -> int:
-    if not 20 <= args.interval <= 86400:
-        raise ConfigError(f"--interval {args.interval} is out of range; Uptime Kuma accepts 20 to 86400 seconds")
     return int(args.interval)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mailcow_ha.cli.argtypes import positive_int
 from mailcow_ha.config import parse_config
 from mailcow_ha.errors import ConfigError, ExitCode, MailcowHaError
 from mailcow_ha.render.cloudinit import node_files, render_user_data
@@ -85,7 +86,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--stack", required=True, help="stack name; reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    parser.add_argument("--node-count", type=int, default=None, help="render this many nodes instead of nodeCount")
+    parser.add_argument(
+        "--node-count", type=positive_int, default=None, help="render this many nodes instead of nodeCount"
+    )
     parser.add_argument(
         "--project-dir",
         type=Path,
