@@ -398,8 +398,10 @@ def test_history_served_from_state_dir(tmp_path):
             client.history(address)
         assert "is lost: state file" in str(caught.value)
         assert "history.json is not valid JSON" in str(caught.value)
-        assert list((tmp_path / "state").glob("history.json.corrupt-*"))
-        assert client.history(address) == []
+        assert (tmp_path / "state" / "history.json").read_text() == "{broken"
+        assert not list((tmp_path / "state").glob("history.json.corrupt-*"))
+        with pytest.raises(StatusApiError, match="is lost: state file"):
+            client.history(address)
     finally:
         api.stop()
 

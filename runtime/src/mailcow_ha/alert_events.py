@@ -8,7 +8,10 @@ rate-limits repeats of the same event.
 from __future__ import annotations
 
 import enum
+import logging
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class AlertEvent(enum.StrEnum):
@@ -32,3 +35,13 @@ class Alerter(Protocol):
 
     def send(self, event: AlertEvent, reason: str, details: dict[str, str] | None = None) -> None:
         """Queue or send the alert and return at once; never raise."""
+
+
+class NoAlerter:
+    """An Alerter for read-only commands, which send no alerts and must not touch the alert state file.
+
+    Unlike the Apprise sender, it reads and writes nothing. A call is a bug, logged and never raised.
+    """
+
+    def send(self, event: AlertEvent, reason: str, details: dict[str, str] | None = None) -> None:
+        log.warning("alert %s not sent by a read-only command: %s", event, reason)

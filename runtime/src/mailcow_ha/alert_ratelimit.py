@@ -203,9 +203,13 @@ def _encode_state(alert_state: AlertState) -> dict[str, Any]:
     }
 
 
-def read_alert_counters(state_dir: Path) -> AlertCounters:
-    """Read the delivery counters without taking the lock, for metrics and status."""
-    result = state.read_json(state_dir / ALERTS_STATE_FILE, None, validate=valid_state)
+def read_alert_counters(state_dir: Path, *, move_corrupt: bool = True) -> AlertCounters:
+    """Read the delivery counters without taking the lock, for metrics and status.
+
+    A corrupt file gives zero counters (state.read_json logs it), and is moved aside unless
+    `move_corrupt` is false.
+    """
+    result = state.read_json(state_dir / ALERTS_STATE_FILE, None, validate=valid_state, move_corrupt=move_corrupt)
     if result.value is None:
         return AlertCounters()
     return decode_state(result.value).counters

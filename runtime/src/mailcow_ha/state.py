@@ -2,8 +2,11 @@
 
 A crash never leaves a half-written file: each write goes to a temporary file in the same
 directory, is fsync'd, then renamed over the old one, and the directory is fsync'd. A file that
-cannot be parsed is moved aside (kept for inspection as `NAME.corrupt-<unix time>`) and reported
-to the caller, which decides whether to alert and which safe default to use.
+cannot be parsed is reported to the caller, which decides whether to alert and which safe default
+to use. The agent and the transitions also move it aside (kept for inspection as
+`NAME.corrupt-<unix time>`), so that their next write starts a fresh file. Read-only commands
+(`status`, `history`, `gc --dry-run`, ...) leave it where it is, so that an operator finds it
+unchanged.
 """
 
 from __future__ import annotations
@@ -40,19 +43,26 @@ class ReadResult:
     """A document read from the state directory.
 
     `problem` is None when the file was absent or valid. Otherwise it says what was wrong and
-    where the unreadable file was moved, and `value` is the caller's default.
+    whether the unreadable file was moved aside, and `value` is the caller's default.
     """
 
     value: Any
     problem: str | None = None
 
 
-def read_json(path: Path, default: Any, *, validate: Callable[[Any], bool] | None = None) -> ReadResult:
-    """Read a JSON document, returning `default` when absent and moving a corrupt file aside.
+def read_json(
+    path: Path,
+    default: Any,
+    *,
+    validate: Callable[[Any], bool] | None = None,
+    move_corrupt: bool = True,
+) -> ReadResult:
+    """Read a JSON document, returning `default` when absent or corrupt.
 
     `validate` may reject a document that parses but has the wrong shape; it is treated as
-    corrupt. Permission and I/O errors other than a missing file raise StateError, because
-    silently using a default there could hide a real fault.
+    corrupt. A corrupt file is moved aside when `move_corrupt` is true, and left untouched
+    otherwise; either way the problem is returned. Permission and I/O errors other than a
+    missing file raise StateError, because silently using a default there could hide a real fault.
     """
     try:
         raw = path.read_bytes()
@@ -72,6 +82,10 @@ def read_json(path: Path, default: Any, *, validate: Callable[[Any], bool] | Non
             return ReadResult(value)
         reason = "valid JSON of an unexpected shape"
 
+    if not move_corrupt:
+        problem = f"state file {path} is {reason}; it was left in place and a default is used"
+        log.warning("%s", problem)
+        return ReadResult(default, problem)
     aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
     try:
         path.rename(aside)

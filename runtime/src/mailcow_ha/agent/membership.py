@@ -72,6 +72,8 @@ class Membership:
     source: str
     """`api` after a sync, `config` when only the node config's peers are known."""
     synced_at: float | None = None
+    problem: str | None = None
+    """Why the stored members could not be read (a corrupt file), in which case the config's peers are used."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,9 +138,15 @@ def decide_update(stored: Membership, learned: Sequence[Member], files_current: 
     return False, "members unchanged"
 
 
-def load_membership(config: NodeConfig) -> Membership:
-    """Return the stored members, or the node config's peers when no sync has stored any yet."""
-    result = state.read_json(config.paths.state_dir / state.MEMBERS_FILE, None, validate=_valid_document)
+def load_membership(config: NodeConfig, *, move_corrupt: bool = True) -> Membership:
+    """Return the stored members, or the node config's peers when no sync has stored any yet.
+
+    A corrupt members file also gives the config's peers, with the problem in `problem`. It is
+    moved aside unless `move_corrupt` is false (read-only commands).
+    """
+    result = state.read_json(
+        config.paths.state_dir / state.MEMBERS_FILE, None, validate=_valid_document, move_corrupt=move_corrupt
+    )
     if result.value is not None:
         document = result.value
         return Membership(
@@ -148,7 +156,7 @@ def load_membership(config: NodeConfig) -> Membership:
             synced_at=document.get("synced_at"),
         )
     peers = tuple(sorted(Member(peer.index, peer.name, str(peer.private_ip)) for peer in config.peers))
-    return Membership(peers, config.hetzner.server_id, "config")
+    return Membership(peers, config.hetzner.server_id, "config", problem=result.problem)
 
 
 def _valid_document(value: Any) -> bool:

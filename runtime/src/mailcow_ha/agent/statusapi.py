@@ -129,12 +129,13 @@ class StatusApi:
     ) -> StatusApi:
         """Build the API of this node: bound to its private address and status_api.port.
 
-        `/v1/history` serves the history file in `paths.state_dir`.
+        `/v1/history` serves the history file in `paths.state_dir`. A GET changes nothing: a
+        corrupt file is reported in every response and left for the agent's own reads to move aside.
         """
         history_store = HistoryStore(config.paths.state_dir)
 
         def history() -> tuple[list[dict[str, Any]], str | None]:
-            read = history_store.read()
+            read = history_store.read(move_corrupt=False)
             return [record.to_json() for record in read.records], read.problem
 
         return cls(
@@ -216,7 +217,6 @@ class StatusApi:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"history unavailable: {type(error).__name__}: {error}"}
         response: dict[str, Any] = {"node": self.node, "records": records}
         if problem is not None:
-            # The corrupt file was moved aside by this read, so this response is the only one to report it.
             response["problem"] = problem
         return HTTPStatus.OK, response
 

@@ -41,7 +41,7 @@ class StatusApiError(MailcowHaError):
 
 
 class HistoryLost(StatusApiError):
-    """The member answered, but found its history file corrupt and moved it aside."""
+    """The member answered, but found its history file corrupt."""
 
 
 class StatusClient:
@@ -86,7 +86,7 @@ class StatusClient:
     def history(self, address: str, *, node: str = "", port: int | None = None) -> list[FailoverRecord]:
         """Fetch a member's failover history, oldest first. Records this version cannot read are skipped.
 
-        Raises HistoryLost when the member found its history file corrupt (and moved it aside).
+        Raises HistoryLost when the member found its history file corrupt.
         """
         where = _describe(node, address, port or self.port)
         status, payload = self._request(

@@ -20,6 +20,8 @@ from types import FrameType
 from typing import Any
 
 from mailcow_ha.adapters.alerts import AppriseAlerter
+from mailcow_ha.alert_events import NoAlerter
+from mailcow_ha.cli.argtypes import non_negative_seconds
 from mailcow_ha.config import NodeConfig, load_config
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.breaker import CircuitBreaker
@@ -76,10 +78,11 @@ def register(subparsers: Any) -> None:
 def _add_lock_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lock-timeout",
-        type=float,
+        type=non_negative_seconds,
         default=None,
         metavar="SECONDS",
-        help="how long to wait for a running transition to finish (default: deadlines.transition_lock)",
+        help="seconds to wait for a running transition to finish, 0 to give up at once "
+        "(default: deadlines.transition_lock)",
     )
 
 
@@ -146,11 +149,11 @@ def _breaker(config: NodeConfig) -> tuple[CircuitBreaker, AppriseAlerter]:
 
 def run_breaker_status(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
-    breaker, alerter = _breaker(config)
-    try:
-        status = breaker.status()
-    finally:
-        alerter.close()
+    # A read-only command: no alert sender (it would read and rewrite the alert state file), and
+    # corrupt files stay where they are.
+    history = HistoryStore(config.paths.state_dir)
+    breaker = CircuitBreaker(config.paths.state_dir, config.breaker, history, NoAlerter())
+    status = breaker.status(move_corrupt=False)
     if args.json:
         print(json.dumps(status.to_json(), indent=2), file=sys.stdout)
     else:

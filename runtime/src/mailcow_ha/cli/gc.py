@@ -8,6 +8,7 @@ from typing import Any
 
 from mailcow_ha.adapters.alerts import AppriseAlerter
 from mailcow_ha.agent.statusclient import StatusClient
+from mailcow_ha.alert_events import NoAlerter
 from mailcow_ha.config import load_config
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.ops.gc_run import GarbageCollector, GcReport
@@ -60,12 +61,17 @@ def render_report(report: GcReport, *, dry_run: bool) -> str:
 
 def run(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
-    alerter = AppriseAlerter.from_config(config)
-    try:
-        collector = GarbageCollector(config, alerter=alerter, client=StatusClient.from_config(config))
-        report = collector.run(dry_run=args.dry_run)
-    finally:
-        alerter.close(ALERT_FLUSH_TIMEOUT)
+    client = StatusClient.from_config(config)
+    if args.dry_run:
+        # A dry run executes nothing, so it has nothing to alert about, and the Apprise sender
+        # would read and rewrite the alert state file.
+        report = GarbageCollector(config, alerter=NoAlerter(), client=client).run(dry_run=True)
+    else:
+        alerter = AppriseAlerter.from_config(config)
+        try:
+            report = GarbageCollector(config, alerter=alerter, client=client).run(dry_run=False)
+        finally:
+            alerter.close(ALERT_FLUSH_TIMEOUT)
     if args.json:
         print(json.dumps(report_to_json(report), indent=2, sort_keys=True))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from mailcow_ha.agent.statusclient import StatusClient
@@ -12,7 +13,7 @@ from mailcow_ha.config import load_config
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.history import HistoryStore, RecordKind
 from mailcow_ha.ops.history import ClusterHistory, collect_history, history_to_json, render_history
-from mailcow_ha.ops.status import members_of
+from mailcow_ha.ops.status import read_members
 
 
 def register(subparsers: Any) -> None:
@@ -51,17 +52,21 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
     client = StatusClient.from_config(config, timeout=args.timeout)
+    members, members_problem = read_members(config, move_corrupt=False)
     history = collect_history(
         client,
-        members_of(config),
+        members,
         local_node=config.node.name,
         local_store=HistoryStore(config.paths.state_dir),
     )
     if args.kind:
         kinds = set(args.kind)
-        history = ClusterHistory(tuple(r for r in history.records if r.kind in kinds), history.unavailable)
+        kept = tuple(r for r in history.records if r.kind in kinds)
+        history = ClusterHistory(kept, history.unavailable, history.corrupt)
     if args.json:
         print(json.dumps(history_to_json(history, limit=args.limit), indent=2, sort_keys=True))
     else:
         print(render_history(history, limit=args.limit))
-    return ExitCode.DEGRADED if history.unavailable else ExitCode.OK
+    if members_problem is not None:
+        print(f"warning: {members_problem}; the node config's peers were asked instead", file=sys.stderr)
+    return ExitCode.DEGRADED if history.unavailable or members_problem else ExitCode.OK

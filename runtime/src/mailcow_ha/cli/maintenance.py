@@ -118,7 +118,7 @@ def _on_other_members(config: NodeConfig, params: dict[str, Any]) -> ExitCode:
 def run_status(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
     now = time.time()
-    window, problem = maintenance.read_maintenance(config.paths.state_dir)
+    window, problem = maintenance.read_maintenance(config.paths.state_dir, move_corrupt=False)
     active = window is not None and window.active(now)
     if args.json:
         document = {

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from mailcow_ha.adapters.hetzner import HetznerCloud
 from mailcow_ha.agent.membership import MembershipSync, load_membership
+from mailcow_ha.cli.argtypes import positive_seconds
 from mailcow_ha.config import load_config
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import ExitCode
@@ -32,7 +34,7 @@ def register(subparsers: Any) -> None:
     )
     sync.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=SYNC_TIMEOUT,
         help=f"seconds the API listing may take, retries included (default: {SYNC_TIMEOUT:g})",
     )
@@ -65,10 +67,12 @@ def run_sync(args: argparse.Namespace) -> ExitCode:
 
 def run_show(args: argparse.Namespace) -> ExitCode:
     config = load_config(args.config)
-    membership = load_membership(config)
+    membership = load_membership(config, move_corrupt=False)
     if args.json:
-        print(json.dumps(membership.to_json(), indent=2, sort_keys=True))
+        print(json.dumps({**membership.to_json(), "problem": membership.problem}, indent=2, sort_keys=True))
         return ExitCode.OK
+    if membership.problem is not None:
+        print(f"warning: {membership.problem}", file=sys.stderr)
     print(f"members of {config.cluster} (from {membership.source}):")
     for member in membership.members:
         server = "" if member.server_id is None else f", server {member.server_id}"

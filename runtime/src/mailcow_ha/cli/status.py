@@ -58,21 +58,28 @@ def register(subparsers: Any) -> None:
 
 
 def collect(config: NodeConfig, *, timeout: float, use_cloud: bool) -> tuple[ClusterStatus, list[FailoverRecord]]:
-    """Gather the status with the last failover filled in, and every member's history records."""
+    """Gather the status with the last failover filled in, and every member's history records.
+
+    Corrupt state files are reported as problems and left in place.
+    """
     client = StatusClient.from_config(config, timeout=timeout)
     cloud = None
     if use_cloud:
         from mailcow_ha.adapters.hetzner import HetznerCloud  # noqa: PLC0415 (hcloud costs 0.15 s to import)
 
         cloud = CloudReader(config, HetznerCloud(config.hetzner))
-    status = gather(config, client, cloud=cloud)
+    status = gather(config, client, cloud=cloud, move_corrupt=False)
     history = collect_history(
         client,
-        members_of(config),
+        members_of(config, move_corrupt=False),
         local_node=config.node.name,
         local_store=HistoryStore(config.paths.state_dir),
     )
-    return dataclasses.replace(status, last_move=last_move(history.records)), list(history.records)
+    lost = tuple((name, history.unavailable[name]) for name in sorted(history.corrupt))
+    status = dataclasses.replace(
+        status, last_move=last_move(history.records), state_problems=status.state_problems + lost
+    )
+    return status, list(history.records)
 
 
 def run(args: argparse.Namespace) -> ExitCode:
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> ExitCode:
     assessment = assess(status)
 
     if args.prometheus or args.textfile:
-        counters = read_alert_counters(config.paths.state_dir)
+        counters = read_alert_counters(config.paths.state_dir, move_corrupt=False)
         text = render(build_metrics(status, assessment, records=records, alert_counters=counters))
         if args.textfile:
             write_textfile(args.textfile, text)

@@ -165,9 +165,13 @@ class CircuitBreaker:
                 log.error("breaker trip could not be recorded: %s", error)
         return decision
 
-    def status(self) -> BreakerStatus:
-        """Report whether the next automatic failover onto this node would be rejected."""
-        records, breaker_file, problems = self._read()
+    def status(self, *, move_corrupt: bool = True) -> BreakerStatus:
+        """Report whether the next automatic failover onto this node would be rejected.
+
+        Corrupt files are listed in `problems`, and moved aside unless `move_corrupt` is false
+        (`mailcow-ha breaker status`).
+        """
+        records, breaker_file, problems = self._read(move_corrupt=move_corrupt)
         decision = decide(
             records,
             now=self._clock(),
@@ -191,10 +195,10 @@ class CircuitBreaker:
         state.write_json(self.path, {"reset_at": now, "tripped_at": None})
         log.info("circuit breaker reset at %s", _when(now))
 
-    def _read(self) -> tuple[list[FailoverRecord], dict[str, Any], list[str]]:
+    def _read(self, *, move_corrupt: bool = True) -> tuple[list[FailoverRecord], dict[str, Any], list[str]]:
         problems = []
         try:
-            history = self._history.read()
+            history = self._history.read(move_corrupt=move_corrupt)
             records = history.records
             if history.problem is not None:
                 problems.append(history.problem)
@@ -202,7 +206,7 @@ class CircuitBreaker:
             records = []
             problems.append(str(error))
         try:
-            result = state.read_json(self.path, {}, validate=_is_breaker_document)
+            result = state.read_json(self.path, {}, validate=_is_breaker_document, move_corrupt=move_corrupt)
             breaker_file: dict[str, Any] = result.value
             if result.problem is not None:
                 problems.append(result.problem)

@@ -182,13 +182,19 @@ class HistoryStore:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def read(self) -> HistoryRead:
+    def read(self, *, move_corrupt: bool = True) -> HistoryRead:
         """Read the records, oldest first.
 
-        A corrupt file is moved aside by state.read_json and reported in `problem` with no
-        records. An unreadable file (permissions, I/O) raises StateError.
+        A corrupt file is reported in `problem` with no records, and moved aside unless
+        `move_corrupt` is false (read-only commands). An unreadable file (permissions, I/O)
+        raises StateError.
         """
-        result = state.read_json(self.path, {"format": HISTORY_FORMAT, "records": []}, validate=_is_history_document)
+        result = state.read_json(
+            self.path,
+            {"format": HISTORY_FORMAT, "records": []},
+            validate=_is_history_document,
+            move_corrupt=move_corrupt,
+        )
         records = [FailoverRecord.from_json(record) for record in result.value["records"]]
         return HistoryRead(records, result.problem)
 
@@ -322,14 +328,15 @@ def write_failover_start(state_dir: Path, started_at: float, record_id: str) -> 
     state.write_json(state_dir / state.FAILOVER_START_FILE, {"started_at": started_at, "record": record_id})
 
 
-def read_failover_start(state_dir: Path) -> float | None:
+def read_failover_start(state_dir: Path, *, move_corrupt: bool = True) -> float | None:
     """Return when the last failover started (seconds since the epoch), or None if unknown.
 
-    A corrupt file is moved aside and treated as unknown. An unreadable one raises StateError.
+    A corrupt file is treated as unknown, and moved aside unless `move_corrupt` is false. An
+    unreadable one raises StateError.
     """
 
     def valid(value: Any) -> bool:
         return isinstance(value, dict) and isinstance(value.get("started_at"), int | float)
 
-    result = state.read_json(state_dir / state.FAILOVER_START_FILE, None, validate=valid)
+    result = state.read_json(state_dir / state.FAILOVER_START_FILE, None, validate=valid, move_corrupt=move_corrupt)
     return None if result.value is None else float(result.value["started_at"])

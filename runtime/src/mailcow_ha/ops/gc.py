@@ -87,6 +87,8 @@ class GcInputs:
     cloud: CloudView | None = None
     peers_busy: str | None = None
     """On the master: another member that is MASTER or promoting, which forbids taking the volume back."""
+    state_problems: tuple[str, ...] = ()
+    """Corrupt state files found while reading; shown as notes, never acted on."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,8 @@ class GcPlan:
 def plan_gc(inputs: GcInputs) -> GcPlan:
     """Return what GC does on this node now, each action with its reason."""
     if inputs.busy is not None:
-        return GcPlan((), (f"nothing done: {inputs.busy}",))
-    notes: list[str] = []
+        return GcPlan((), (f"nothing done: {inputs.busy}", *inputs.state_problems))
+    notes = list(inputs.state_problems)
     actions = [*_file_actions(inputs), *_grow_actions(inputs)]
     if inputs.role is Role.UNKNOWN:
         notes.append(f"role unknown ({inputs.role_source}); only file cleanup runs")

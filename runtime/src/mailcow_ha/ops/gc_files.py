@@ -72,10 +72,11 @@ def _stale_reason(name: str, age: float, now: float) -> str | None:
     return None
 
 
-def read_started_at(path: Path) -> float | None:
-    result = state.read_json(path, None, validate=lambda value: isinstance(value, dict))
+def read_started_at(path: Path, *, move_corrupt: bool = True) -> tuple[float | None, str | None]:
+    """Return the start time in the failover start file (None when absent or corrupt) and the file's problem."""
+    result = state.read_json(path, None, validate=lambda value: isinstance(value, dict), move_corrupt=move_corrupt)
     started = None if result.value is None else result.value.get("started_at")
-    return float(started) if isinstance(started, int | float) else None
+    return (float(started) if isinstance(started, int | float) else None), result.problem
 
 
 def remove_file(path: Path) -> str:

@@ -6,7 +6,8 @@ keepalived's data dump when the agent does not respond. The cloud API is read on
 (two or three requests a minute with the default timer), and other members are asked for their
 state only before the volume would be taken back. While the agent responds, these reads happen
 before the lock is taken, so a hanging API never holds back a promote or demote of this node.
-A dry run takes no lock at all.
+A dry run takes no lock at all, and leaves corrupt state files where they are: they show up as
+notes in its report.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class GarbageCollector:
         self._cloud: HetznerCloud | None = None
         self._failover: Failover | None = None
         self._history = HistoryStore(config.paths.state_dir)
+        self._move_corrupt = True
+        """False during a dry run: corrupt state files are reported and left in place."""
 
     def run(self, *, dry_run: bool) -> GcReport:
         """Run one GC pass under the transition lock; with `dry_run`, only plan, without the lock.
@@ -110,6 +113,7 @@ class GarbageCollector:
         hold a promote or demote of this node back for up to three request timeouts.
         """
         lock = TransitionLock.in_run_dir(self.config.paths.run_dir)
+        self._move_corrupt = not dry_run
         if dry_run:
             holder = current_holder(lock.path)
             if holder is not None:
@@ -157,10 +161,18 @@ class GarbageCollector:
         """Read everything GC decides from. `early` is used when the node's role did not change since it was read."""
         snapshot = self._own_snapshot()
         role, role_source, busy = self._role(snapshot)
-        maintenance = self._maintenance()
+        problems: list[str] = []
+        maintenance = self._maintenance(problems)
         mounted = bool(blockdev.mounts_at(self.config.paths.mount_point, blockdev.read_mountinfo()))
         services = self._services()
-        interrupted = sum(1 for r in self._history.read().records if r.outcome is RecordOutcome.RUNNING)
+        history = self._history.read(move_corrupt=self._move_corrupt)
+        if history.problem is not None:
+            problems.append(history.problem)
+        interrupted = sum(1 for r in history.records if r.outcome is RecordOutcome.RUNNING)
+        membership_problem = self._membership_problem()
+        if membership_problem is not None:
+            problems.append(membership_problem)
+        stale_files = tuple(self._stale_files(problems))
         cloud = None
         peers_busy = None
         if role is Role.MASTER and busy is None:
@@ -179,10 +191,11 @@ class GarbageCollector:
             volume_mounted=mounted,
             running_services=services,
             interrupted_records=interrupted,
-            stale_files=tuple(self._stale_files()),
+            stale_files=stale_files,
             grow=tuple(self._grow_candidates(role, mounted)),
             cloud=cloud,
             peers_busy=peers_busy,
+            state_problems=tuple(problems),
         )
 
     def _own_snapshot(self) -> NodeSnapshot | None:
@@ -212,10 +225,10 @@ class GarbageCollector:
             return Role.UNKNOWN, "agent unreachable and keepalived's dump has no state", None
         return role_of(str(vrrp_state)), f"keepalived reports {vrrp_state}", None
 
-    def _maintenance(self) -> str | None:
-        maintenance, problem = read_maintenance(self.config.paths.state_dir)
+    def _maintenance(self, problems: list[str]) -> str | None:
+        maintenance, problem = read_maintenance(self.config.paths.state_dir, move_corrupt=self._move_corrupt)
         if problem:
-            log.warning("gc: %s", problem)
+            problems.append(problem)
         now = self._clock()
         if maintenance is None or not maintenance.active(now):
             return None
@@ -238,12 +251,14 @@ class GarbageCollector:
             engine.close()
         return tuple(sorted({c.service for c in containers if c.running}))
 
-    def _stale_files(self) -> Iterator[StaleFile]:
+    def _stale_files(self, problems: list[str]) -> Iterator[StaleFile]:
         paths = self.config.paths
         grace = self.config.health.grace_period + self.config.deadlines.promote
         start_file = paths.state_dir / state.FAILOVER_START_FILE
         grace_file = None
-        started = read_started_at(start_file)
+        started, problem = read_started_at(start_file, move_corrupt=self._move_corrupt)
+        if problem is not None:
+            problems.append(problem)
         if started is not None:
             grace_file = (start_file, started + grace)
         keep = {paths.health_file.name, paths.keepalived_fifo.name}
@@ -291,7 +306,12 @@ class GarbageCollector:
     def _members(self) -> list[Any]:
         from mailcow_ha.agent.membership import load_membership  # noqa: PLC0415
 
-        return list(load_membership(self.config).members)
+        return list(load_membership(self.config, move_corrupt=self._move_corrupt).members)
+
+    def _membership_problem(self) -> str | None:
+        from mailcow_ha.agent.membership import load_membership  # noqa: PLC0415
+
+        return load_membership(self.config, move_corrupt=self._move_corrupt).problem
 
     def _server_id(self, cloud: HetznerCloud, deadline: Deadline) -> int:
         for member in self._members():
@@ -300,7 +320,8 @@ class GarbageCollector:
         return cloud.server_id_by_name(self.config.node.name, deadline)
 
     def _peers_busy(self) -> str | None:
-        others = [m for m in members_of(self.config) if m.name != self.config.node.name]
+        members = members_of(self.config, move_corrupt=self._move_corrupt)
+        others = [m for m in members if m.name != self.config.node.name]
         for status in fetch_snapshots(self._client, others):
             snapshot = status.snapshot
             if snapshot is None:

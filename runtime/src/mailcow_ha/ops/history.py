@@ -33,6 +33,8 @@ class ClusterHistory:
     records: tuple[FailoverRecord, ...]
     unavailable: dict[str, str] = field(default_factory=dict)
     """Member name -> why its history is missing."""
+    corrupt: frozenset[str] = frozenset()
+    """Members among `unavailable` whose history file is corrupt (not merely unreachable)."""
 
 
 def merge_records(batches: Sequence[Sequence[FailoverRecord]]) -> tuple[FailoverRecord, ...]:
@@ -53,7 +55,10 @@ def last_move(records: Sequence[FailoverRecord]) -> FailoverRecord | None:
 def collect_history(
     client: StatusClient, members: Sequence[Member], *, local_node: str, local_store: HistoryStore
 ) -> ClusterHistory:
-    """Read every member's history, using this node's own file when its agent does not respond."""
+    """Read every member's history, using this node's own file when its agent does not respond.
+
+    This is a read-only view: a corrupt local file is reported and left in place.
+    """
 
     def fetch(member: Member) -> tuple[str, list[FailoverRecord] | None, str | None, bool]:
         try:
@@ -65,27 +70,30 @@ def collect_history(
 
     batches: list[list[FailoverRecord]] = []
     unavailable: dict[str, str] = {}
+    corrupt: set[str] = set()
     with ThreadPoolExecutor(max_workers=max(1, min(len(members), 9)), thread_name_prefix="history") as pool:
         results = list(pool.map(fetch, members))
     for name, records, error, lost in results:
         if records is not None:
             batches.append(records)
             continue
-        # A lost history is reported as it is: the local file was just moved aside, so reading it
-        # again would show an empty history as if nothing had happened.
+        if lost:
+            corrupt.add(name)
+        # The agent that reported its history corrupt read the same file this node would read.
         if name == local_node and not lost:
             try:
-                read = local_store.read()
+                read = local_store.read(move_corrupt=False)
             except MailcowHaError as local_error:
                 unavailable[name] = f"{error}; local file: {local_error}"
                 continue
             batches.append(read.records)
             if read.problem:
                 unavailable[name] = read.problem
+                corrupt.add(name)
             log.info("history of %s read from %s because its agent did not respond", name, local_store.path)
             continue
         unavailable[name] = error or "unknown error"
-    return ClusterHistory(merge_records(batches), unavailable)
+    return ClusterHistory(merge_records(batches), unavailable, frozenset(corrupt))
 
 
 def _duration(record: FailoverRecord) -> str:

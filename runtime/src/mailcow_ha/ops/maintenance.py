@@ -112,14 +112,14 @@ def maintenance_path(state_dir: Path) -> Path:
     return state_dir / state.MAINTENANCE_FILE
 
 
-def read_maintenance(state_dir: Path) -> tuple[Maintenance | None, str | None]:
+def read_maintenance(state_dir: Path, *, move_corrupt: bool = True) -> tuple[Maintenance | None, str | None]:
     """Return the stored window (None when off) and a problem message when the file was corrupt.
 
-    A corrupt file is moved aside by `state.read_json` and counts as off: refusing every
-    failover because of a damaged file would be worse than a missed maintenance window, and the
-    caller alerts with the problem.
+    A corrupt file counts as off: refusing every failover because of a damaged file would be
+    worse than a missed maintenance window, and the caller alerts with the problem. It is moved
+    aside by `state.read_json` unless `move_corrupt` is false (read-only commands).
     """
-    result = state.read_json(maintenance_path(state_dir), None, validate=_valid_document)
+    result = state.read_json(maintenance_path(state_dir), None, validate=_valid_document, move_corrupt=move_corrupt)
     if result.value is None:
         return None, result.problem
     document = result.value

@@ -83,17 +83,27 @@ class ClusterStatus:
     """None when the cloud API was not queried."""
     last_move: FailoverRecord | None = None
     """The newest failover or switchover in any member's history (see ops.history)."""
+    state_problems: tuple[tuple[str, str], ...] = ()
+    """(node, message) for each state file that could not be read: this node's, or a member's history."""
 
 
-def members_of(config: NodeConfig) -> list[Member]:
+def members_of(config: NodeConfig, *, move_corrupt: bool = True) -> list[Member]:
     """Return the cluster's members: those stored by the last membership sync, else the config's peers.
 
-    With neither, the node itself is the only member returned.
+    With neither, the node itself is the only member returned. A corrupt members file is moved
+    aside unless `move_corrupt` is false (see read_members for its problem).
     """
-    stored = load_membership(config).members
+    return read_members(config, move_corrupt=move_corrupt)[0]
+
+
+def read_members(config: NodeConfig, *, move_corrupt: bool = True) -> tuple[list[Member], str | None]:
+    """Return members_of's list and why the stored members could not be read, if they could not."""
+    membership = load_membership(config, move_corrupt=move_corrupt)
+    stored = membership.members
     if not stored:
-        return [Member(config.node.name, config.node.index, str(config.node.private_ip))]
-    return sorted((Member(member.name, member.index, member.private_ip) for member in stored), key=lambda m: m.index)
+        return [Member(config.node.name, config.node.index, str(config.node.private_ip))], membership.problem
+    members = [Member(member.name, member.index, member.private_ip) for member in stored]
+    return sorted(members, key=lambda m: m.index), membership.problem
 
 
 def known_members(config: NodeConfig) -> list[Member]:
@@ -177,9 +187,15 @@ def gather(
     *,
     cloud: CloudReader | None,
     clock: Callable[[], float] = time.time,
+    move_corrupt: bool = True,
 ) -> ClusterStatus:
-    """Collect the members' snapshots and the cloud's holders as seen from this node."""
-    members = members_of(config)
+    """Collect the members' snapshots and the cloud's holders as seen from this node.
+
+    A corrupt members file is reported in `state_problems`, and moved aside unless
+    `move_corrupt` is false (`mailcow-ha status`).
+    """
+    members, problem = read_members(config, move_corrupt=move_corrupt)
     statuses = fetch_snapshots(client, members)
     cloud_status = cloud.read() if cloud is not None else None
-    return ClusterStatus(config.cluster, config.node.name, clock(), statuses, cloud_status)
+    problems = () if problem is None else ((config.node.name, problem),)
+    return ClusterStatus(config.cluster, config.node.name, clock(), statuses, cloud_status, state_problems=problems)

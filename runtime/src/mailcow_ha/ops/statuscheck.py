@@ -62,6 +62,7 @@ def assess(status: ClusterStatus) -> Assessment:
         *_master_problems(status.members, masters),
         *_galera_problems(status.members),
         *_cloud_problems(status, master),
+        *_state_file_problems(status),
     ]
     order = list(Severity)
     problems.sort(key=lambda problem: order.index(problem.severity))
@@ -81,6 +82,13 @@ def _member_problems(members: Sequence[MemberStatus]) -> Iterator[Problem]:
         if snapshot.vrrp_state != "MASTER":
             yield from _standby_problems(member.name, snapshot)
         yield from _node_state_problems(member.name, snapshot)
+
+
+def _state_file_problems(status: ClusterStatus) -> Iterator[Problem]:
+    # A corrupt state file costs what it held: the breaker counts no history, the membership
+    # falls back to the config's peers. The cluster serves mail, but an operator must look.
+    for node, message in status.state_problems:
+        yield Problem(Severity.DEGRADED, node, message)
 
 
 def _standby_problems(name: str, snapshot: NodeSnapshot) -> Iterator[Problem]:
