@@ -39,12 +39,15 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
+
+from harness.loopdev import private_mount_namespace
 
 log = logging.getLogger(__name__)
 
@@ -448,3 +451,20 @@ def dump_state(service: PodmanService, project: str) -> str:
             }
         )
     return json.dumps(summary, indent=1)
+
+
+@pytest.fixture(scope="module")
+def podman() -> Iterator[PodmanService]:
+    """A podman service for one test module, in the module's own mount namespace.
+
+    Everything the module mounts, podman's containers included, stays in that namespace, so that
+    namespaces other test runs create meanwhile do not keep a test volume busy.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root: podman's storage, loop devices and a mount namespace")
+    with private_mount_namespace():
+        service = PodmanService.start()
+        try:
+            yield service
+        finally:
+            service.close()

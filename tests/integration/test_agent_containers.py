@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.loopdev import private_mount_namespace
 from harness.nodeconfig import node_config_dict
 from harness.podman import (
     COMPOSE_PROJECT_LABEL,
@@ -44,18 +43,6 @@ POLL_INTERVAL = 60.0
 RESTART_WAIT = 30.0
 """Longer than every wait below, so a death that fails the node at once was judged a kill on purpose."""
 TOLERANCE = 3
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for podman's storage and mount namespace")
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
-from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService
 from mailcow_ha.alert_events import AlertEvent
 from mailcow_ha.config import parse_config
@@ -26,17 +25,6 @@ pytestmark = [
 ]
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    # Everything the module mounts stays in its own mount namespace, podman's containers included.
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 @pytest.fixture

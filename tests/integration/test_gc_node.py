@@ -19,7 +19,6 @@ from pydantic import SecretStr
 
 from harness.failovernode import FailoverNode, failover_node, master_token
 from harness.fakecloud.faults import Fault
-from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService
 from mailcow_ha.agent.snapshot import NodeSnapshot, TransitionSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
@@ -34,18 +33,6 @@ pytestmark = pytest.mark.integration
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
 SECRET = "gc-test-secret"
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    # The module's mounts stay in its own mount namespace, podman's containers included, so that
-    # namespaces other test runs create meanwhile do not keep the shared volume busy.
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 class AgentStandIn:

@@ -10,12 +10,11 @@ own check would make a mount wait 22 s; the mount deadlines below are shorter th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
-from harness.loopdev import lose_while_mounted, private_mount_namespace
+from harness.loopdev import lose_while_mounted
 from harness.podman import PodmanService
 from mailcow_ha import state
 from mailcow_ha.adapters.ext4mmp import MmpState, read_mmp
@@ -34,16 +33,6 @@ pytestmark = [
 MAIL = {"mailcowdockerized-lost/vmail/new/1.mail": "Subject: accepted before the crash\n"}
 # Short enough that a mount waiting for the kernel's MMP check (22 s here) fails the test.
 NO_KERNEL_WAIT = {"deadlines.release_wait": 0, "deadlines.mount": 8.0}
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 def lose_on_other_server(node: FailoverNode) -> str:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, HealthDriver, MailcowProject, PodmanService, wait_for
 from mailcow_ha.adapters.engine import ContainerEvent, Engine
 from mailcow_ha.deadline import Deadline
@@ -20,17 +19,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts, mount namespaces and podman"),
 ]
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    # Everything the module mounts stays in its own mount namespace, podman's containers included.
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 @pytest.fixture

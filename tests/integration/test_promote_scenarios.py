@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
-from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService, dump_state
 from mailcow_ha import state
 from mailcow_ha.adapters import blockdev
@@ -34,17 +33,6 @@ pytestmark = [
 ]
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    # Everything the module mounts stays in its own mount namespace, podman's containers included.
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from harness.failovernode import FailoverNode, failover_node, master_token
-from harness.loopdev import private_mount_namespace
 from harness.podman import MAILCOW_SERVICES, PodmanService, wait_for
 from mailcow_ha.errors import ExitCode
 from mailcow_ha.failover.history import RecordKind, RecordOutcome
@@ -28,17 +27,6 @@ pytestmark = [
 
 ALL_SERVICES = sorted(MAILCOW_SERVICES)
 REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    # Everything the module mounts stays in its own mount namespace, podman's containers included.
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 @pytest.fixture

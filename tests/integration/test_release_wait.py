@@ -7,18 +7,16 @@ holder's server id to that address, as a membership sync stores it.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from harness.failovernode import FailoverNode, failover_node, master_token
-from harness.loopdev import private_mount_namespace
 from harness.nodeconfig import deep_update, node_config_dict
 from harness.podman import PodmanService
 from mailcow_ha import state
@@ -194,18 +192,6 @@ def test_newer_state_stops_wait(tmp_path: Path) -> None:
         peer.stop()
 
     assert peer.requests == 2
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[PodmanService]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts, mount namespaces and podman")
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 def test_promote_detaches_after_release(podman: PodmanService) -> None:
