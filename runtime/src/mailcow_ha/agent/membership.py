@@ -73,7 +73,7 @@ class Membership:
     """`api` after a sync, `config` when only the node config's peers are known."""
     synced_at: float | None = None
     problem: str | None = None
-    """Why the stored members could not be read (a corrupt file), in which case the config's peers are used."""
+    """The reason the stored members could not be read (a corrupt file); the config's peers are used then."""
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -41,7 +41,7 @@ class StatusApiError(MailcowHaError):
 
 
 class HistoryLost(StatusApiError):
-    """The member answered, but found its history file corrupt."""
+    """The member responded, but its history file is corrupt."""
 
 
 class StatusClient:

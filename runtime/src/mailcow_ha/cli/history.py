@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> ExitCode:
     )
     if args.kind:
         kinds = set(args.kind)
-        kept = tuple(r for r in history.records if r.kind in kinds)
-        history = ClusterHistory(kept, history.unavailable, history.corrupt)
+        selected = tuple(r for r in history.records if r.kind in kinds)
+        history = ClusterHistory(selected, history.unavailable, history.corrupt)
     if args.json:
         print(json.dumps(history_to_json(history, limit=args.limit), indent=2, sort_keys=True))
     else:

@@ -85,8 +85,8 @@ def _member_problems(members: Sequence[MemberStatus]) -> Iterator[Problem]:
 
 
 def _state_file_problems(status: ClusterStatus) -> Iterator[Problem]:
-    # A corrupt state file costs what it held: the breaker counts no history, the membership
-    # falls back to the config's peers. The cluster serves mail, but an operator must look.
+    # A corrupt state file loses what it contained, so the breaker counts no history and the
+    # membership falls back to the config's peers. The cluster serves mail, but an operator must look.
     for node, message in status.state_problems:
         yield Problem(Severity.DEGRADED, node, message)
 
