@@ -215,6 +215,19 @@ def test_maintenance_is_notice_only():
     assert not assessment.degraded
 
 
+def test_maintenance_notice_shows_utc_time():
+    status = cluster(
+        snapshot("node-1", "MASTER", maintenance=MaintenanceSnapshot(active=True, since=1.0, expires_at=1796420271.0)),
+        snapshot("node-2"),
+        snapshot("node-3"),
+    )
+
+    [problem] = assess(status).problems
+
+    assert "until 2026-12-04 21:37:51Z" in problem.message
+    assert "1796420271" not in problem.message
+
+
 def test_expired_maintenance_degrades():
     status = cluster(
         snapshot("node-1", "MASTER", maintenance=MaintenanceSnapshot(active=False, expired_unnoticed=True)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.ops.status import ClusterStatus, MemberStatus
@@ -109,12 +110,16 @@ def _standby_problems(name: str, snapshot: NodeSnapshot) -> Iterator[Problem]:
         )
 
 
+def _utc(unix_time: float) -> str:
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def _node_state_problems(name: str, snapshot: NodeSnapshot) -> Iterator[Problem]:
     maintenance = snapshot.maintenance
     if maintenance.expired_unnoticed:
         yield Problem(Severity.DEGRADED, name, "maintenance mode expired while on; run `mailcow-ha maintenance off`")
     elif maintenance.active:
-        until = "until switched off" if maintenance.expires_at is None else f"until {maintenance.expires_at:.0f}"
+        until = "until switched off" if maintenance.expires_at is None else f"until {_utc(maintenance.expires_at)}"
         yield Problem(Severity.NOTICE, name, f"maintenance mode on ({until}): no automatic failover")
     if snapshot.breaker is not None and snapshot.breaker.tripped:
         yield Problem(
