@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,14 @@ def test_until_switched_off(tmp_path: Path) -> None:
 
     assert window.active(10**10)
     assert describe(window, 2000.0).startswith("on since ")
+
+
+def test_switch_on_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailcow_ha.ops.maintenance")
+
+    switch_on(tmp_path, duration=600, now=0.0)
+
+    assert caplog.messages == ["maintenance mode switched on until 1970-01-01 00:10:00 UTC (10 min left)"]
 
 
 def test_describe_states() -> None:

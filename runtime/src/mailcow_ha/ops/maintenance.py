@@ -139,7 +139,7 @@ def switch_on(state_dir: Path, *, duration: float | None, reason: str = "", now:
     started = time.time() if now is None else now
     maintenance = Maintenance(since=started, expires_at=None if duration is None else started + duration, reason=reason)
     state.write_json(maintenance_path(state_dir), maintenance.to_json())
-    log.info("maintenance mode on %s", describe(maintenance, started))
+    log.info("maintenance mode switched %s", describe(maintenance, started))
     return maintenance
 
 
