@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailcow_ha import state
+from mailcow_ha.cli import build_parser
 from mailcow_ha.ops.maintenance import (
     MaintenanceInputError,
     describe,
@@ -80,6 +81,15 @@ def test_switch_on_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     switch_on(tmp_path, duration=600, now=0.0)
 
     assert caplog.messages == ["maintenance mode switched on until 1970-01-01 00:10:00 UTC (10 min left)"]
+
+
+def test_command_help_names_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    help_text = build_parser().format_help()
+    [line] = [line for line in help_text.splitlines() if line.strip().startswith("maintenance ")]
+
+    assert "cluster" in line
+    assert "this node" not in line
 
 
 def test_describe_states() -> None:

@@ -29,7 +29,7 @@ ACTION_TIMEOUT = 5.0
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "maintenance",
-        help="hold failovers on this node during maintenance (on, off, status)",
+        help="hold automatic failovers across the cluster during maintenance (on, off, status)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +41,10 @@ def register(subparsers: Any) -> None:
         type=_duration,
         default=None,
         metavar="DURATION",
-        help="switch it off by itself after DURATION, e.g. 30m, 2h or 1h30m (default: until `maintenance off`)",
+        help=(
+            "switch it off by itself after DURATION, e.g. 30m, 2h or 1h30m; a number alone is seconds "
+            "(default: until `maintenance off`)"
+        ),
     )
     on.add_argument("--reason", default="", help="a short note shown in status output and alerts")
     _add_local(on)
