@@ -19,7 +19,7 @@ from mailcow_ha.config import NodeConfig
 from mailcow_ha.deadline import Clock, Deadline
 from mailcow_ha.errors import MailcowHaError, StateError
 from mailcow_ha.failover.containers import ProjectContainers
-from mailcow_ha.failover.history import HistoryStore, RecordKind, RecordOutcome, StepLog
+from mailcow_ha.failover.history import FailoverRecord, HistoryStore, RecordKind, RecordOutcome, StepLog
 from mailcow_ha.failover.storage import SharedVolume
 from mailcow_ha.failover.transitions import CancelToken
 
@@ -57,6 +57,9 @@ class Demoter:
         """
         deadlines = self._config.deadlines
         steps = StepLog(self._clock)
+        # Written only when the demote did something, but dated from here so that its duration
+        # covers the steps.
+        record = self._history.new_record(RecordKind.DEMOTE, self._config.node.name, reason)
         enter = None if token is None else token.note_step
         done: list[str] = []
         problems: list[str] = []
@@ -84,20 +87,19 @@ class Demoter:
             )
             log.critical("%s", message)
             self._alerter.send(AlertEvent.DEMOTE_FAILED, message, steps.durations())
-            self._record(reason, steps, RecordOutcome.FAILED, message)
+            self._record(record, steps, RecordOutcome.FAILED, message)
             raise DemoteFailed(message)
         if done:
             log.info("demote of %s done: %s", self._config.node.name, "; ".join(done))
-            self._record(reason, steps, RecordOutcome.SUCCEEDED, None)
+            self._record(record, steps, RecordOutcome.SUCCEEDED, None)
         else:
             log.info(
                 "demote of %s: no container running and the volume not mounted; nothing to do", self._config.node.name
             )
         return done
 
-    def _record(self, reason: str, steps: StepLog, outcome: RecordOutcome, error: str | None) -> None:
+    def _record(self, record: FailoverRecord, steps: StepLog, outcome: RecordOutcome, error: str | None) -> None:
         try:
-            record = self._history.start(RecordKind.DEMOTE, self._config.node.name, reason)
             self._history.finish(record, outcome, steps.steps, failed_step=steps.failed_step, error=error)
         except StateError as failure:
             log.error("demote history record could not be written: %s", failure)
