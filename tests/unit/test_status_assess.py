@@ -202,6 +202,16 @@ def test_fault_and_breaker_degrade():
     assert any(line.startswith("degraded node-3: circuit breaker tripped (1 failover in 3600 s)") for line in found)
 
 
+def test_breaker_advice_given_once():
+    detail = "1 automatic failover(s) onto this node (limit 1). Find out why, then run `mailcow-ha breaker reset`"
+    tripped = snapshot("node-3", breaker=BreakerSnapshot(tripped=True, detail=detail))
+
+    [problem] = assess(cluster(snapshot("node-1", "MASTER"), snapshot("node-2"), tripped)).problems
+
+    assert detail in problem.message
+    assert problem.message.count("breaker reset") == 1
+
+
 def test_maintenance_is_notice_only():
     status = cluster(
         snapshot("node-1", "MASTER", maintenance=MaintenanceSnapshot(active=True, since=1.0)),

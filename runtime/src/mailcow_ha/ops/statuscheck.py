@@ -122,11 +122,10 @@ def _node_state_problems(name: str, snapshot: NodeSnapshot) -> Iterator[Problem]
         until = "until switched off" if maintenance.expires_at is None else f"until {_utc(maintenance.expires_at)}"
         yield Problem(Severity.NOTICE, name, f"maintenance mode on ({until}): no automatic failover")
     if snapshot.breaker is not None and snapshot.breaker.tripped:
+        detail = snapshot.breaker.detail or "failover loop stopped"
+        advice = "" if "breaker reset" in detail else "; `mailcow-ha breaker reset` on it once the cause is fixed"
         yield Problem(
-            Severity.DEGRADED,
-            name,
-            f"circuit breaker tripped ({snapshot.breaker.detail or 'failover loop stopped'}); "
-            "this node will not take over; `mailcow-ha breaker reset` on it once the cause is fixed",
+            Severity.DEGRADED, name, f"circuit breaker tripped ({detail}); this node will not take over{advice}"
         )
     transition = snapshot.transition
     if transition is not None and transition.running:
