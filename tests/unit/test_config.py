@@ -62,6 +62,19 @@ def test_duplicate_peer_rejected() -> None:
         parse_config(document)
 
 
+def test_union_error_is_one_line() -> None:
+    document = deep_update(node_config_dict(), "hetzner.floating_ips", ["<floating-ipv4-address>/32"])
+
+    with pytest.raises(ConfigError) as raised:
+        parse_config(document)
+
+    lines = str(raised.value).splitlines()
+    assert lines[0].endswith("(1 problem(s)); fix these keys:")
+    assert lines[1:] == [
+        "  hetzner.floating_ips.0: Input is not a valid IPv4 interface, or input is not a valid IPv6 interface"
+    ]
+
+
 def test_errors_do_not_show_secrets() -> None:
     document = deep_update(node_config_dict(), "hetzner.token", 12345)
     document = deep_update(document, "galera.password", ["s3cret-password"])

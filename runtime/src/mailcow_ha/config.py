@@ -378,12 +378,30 @@ def parse_config(data: Any, *, source: str = "node config") -> NodeConfig:
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
-    """Render pydantic's errors as one line per key, without the rejected values of secrets."""
-    lines = [f"{source} is invalid ({error.error_count()} problem(s)); fix these keys:"]
+    """Render pydantic's errors as one line per key, without the rejected values of secrets.
+
+    A value that fits no member of a union (such as a floating IP that is neither IPv4 nor IPv6)
+    gets one error per member, located by pydantic's internal schema names. Those names are
+    dropped from the key and the member errors are joined on one line.
+    """
+    entries: list[tuple[str, str]] = []
+    previous_tagged_key = None
     for problem in error.errors(include_url=False, include_input=False):
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        lines.append(f"  {key}: {problem['msg']}")
+        key = ".".join(str(part) for part in problem["loc"] if not _is_schema_tag(part)) or "(top level)"
+        message = problem["msg"]
+        tagged = any(_is_schema_tag(part) for part in problem["loc"])
+        if tagged and key == previous_tagged_key:
+            message = f"{entries.pop()[1]}, or {message[:1].lower()}{message[1:]}"
+        previous_tagged_key = key if tagged else None
+        entries.append((key, message))
+    lines = [f"{source} is invalid ({len(entries)} problem(s)); fix these keys:"]
+    lines.extend(f"  {key}: {message}" for key, message in entries)
     return "\n".join(lines)
+
+
+def _is_schema_tag(part: int | str) -> bool:
+    # Field names and list indexes never contain brackets; pydantic-core's schema names do.
+    return isinstance(part, str) and "[" in part
 
 
 def load_config(path: Path | None = None) -> NodeConfig:
