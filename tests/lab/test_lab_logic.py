@@ -201,7 +201,7 @@ def test_timeline_takes_detection_from_the_fault_advert_when_no_sample_caught_it
     )  # fmt: skip
 
     assert timeline.mark("detection").at == 10.3
-    assert round(timeline.phases()["election"], 3) == 0.1
+    assert timeline.phases()["election"] == pytest.approx(0.1)
 
 
 def test_manifest_skips_torn_line(tmp_path: Path) -> None:

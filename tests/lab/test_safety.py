@@ -31,7 +31,7 @@ def _runtime(lab: Lab, node: LabNode, *args: str) -> str:
 
 
 def _breaker(lab: Lab, node: LabNode) -> dict[str, Any]:
-    """Return `mailcow-ha breaker status --json` of a node (it exits 4 while the breaker is open)."""
+    """Return `mailcow-ha breaker status --json` of a node (it exits 4 once the breaker refused a failover)."""
     result = node.machine.run(lab.runtime_command(node, "breaker", "status", "--json"), timeout=60.0, check=False)
     status: dict[str, Any] = json.loads(result.stdout)
     return status
@@ -150,5 +150,6 @@ def test_second_fault_in_breaker_window(lab: Lab, open_scenario: Callable[[Lab],
     assert scenario.alerts("breaker-tripped")
     status = _breaker(lab, second)
     assert status["open"] is True
+    assert status["tripped"] is True
     recovered = restore(lab)
     scenario.assert_invariants(before=fault_at, master=recovered)

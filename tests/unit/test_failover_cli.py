@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from harness.nodeconfig import node_config_dict, write_node_config
+from mailcow_ha.alert_events import NoAlerter
 from mailcow_ha.cli import build_parser, main
+from mailcow_ha.config import load_config
 from mailcow_ha.errors import ExitCode
+from mailcow_ha.failover.breaker import CircuitBreaker
 from mailcow_ha.failover.history import HistoryStore, RecordKind, RecordOutcome
 
 
@@ -39,10 +42,30 @@ def test_status_open_after_failover(config_path: Path, tmp_path: Path, capsys: p
 
     code = main(["--config", str(config_path), "breaker", "status", "--json"])
 
-    assert code == ExitCode.DEGRADED
+    # Open after one failover is the breaker doing its job, not a problem to act on.
+    assert code == ExitCode.OK
     status = json.loads(capsys.readouterr().out)
     assert status["open"] is True
+    assert status["tripped"] is False
+    assert status["closes_at"] == pytest.approx(time.time() + 3600, abs=60)
     assert len(status["counted"]) == 1
+
+
+def test_status_tripped_after_refused_failover(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(config_path)
+    store = HistoryStore(config.paths.state_dir)
+    store.finish(store.start(RecordKind.FAILOVER, "mailcow-ha-test-1", "test"), RecordOutcome.SUCCEEDED, ())
+    breaker = CircuitBreaker(config.paths.state_dir, config.breaker, store, NoAlerter())
+    assert not breaker.check(already_serving=False).allowed
+
+    code = main(["--config", str(config_path), "breaker", "status"])
+
+    assert code == ExitCode.DEGRADED
+    output = capsys.readouterr().out
+    assert "circuit breaker: tripped" in output
+    assert "last tripped" in output
 
 
 def test_reset_closes_breaker(config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,7 +199,41 @@ def test_fault_and_breaker_degrade():
     found = messages(cluster(snapshot("node-1", "MASTER"), fault, tripped))
 
     assert "degraded node-2: keepalived state FAULT: galera: non-Primary" in found
-    assert any(line.startswith("degraded node-3: circuit breaker tripped (1 failover in 3600 s)") for line in found)
+    assert any(
+        line.startswith("degraded node-3: circuit breaker tripped: it refused a failover onto this node (1 failover")
+        for line in found
+    )
+    assert any(line.startswith("degraded cluster: no standby can take over automatically if node-1") for line in found)
+
+
+def test_open_breaker_on_new_master_is_no_problem():
+    # One failover onto node-1 opens its breaker for the window: the breaker doing its job.
+    master = snapshot("node-1", "MASTER", breaker=BreakerSnapshot(open=True, failovers_in_window=1))
+
+    assessment = assess(cluster(master, snapshot("node-2"), snapshot("node-3")))
+
+    assert assessment.problems == ()
+    assert not assessment.degraded
+
+
+def test_open_breaker_on_standby_is_notice_while_another_can_take_over():
+    held = snapshot("node-2", breaker=BreakerSnapshot(open=True, failovers_in_window=1, closes_at=1796420271.0))
+
+    assessment = assess(cluster(snapshot("node-1", "MASTER"), held, snapshot("node-3")))
+
+    assert [(p.severity, p.subject) for p in assessment.problems] == [(Severity.NOTICE, "node-2")]
+    assert "will not take over automatically until 2026-12-04 21:37:51Z" in assessment.problems[0].message
+    assert not assessment.degraded
+
+
+def test_no_standby_able_to_take_over_degrades():
+    held = BreakerSnapshot(open=True, failovers_in_window=1)
+    status = cluster(snapshot("node-1", "MASTER"), snapshot("node-2", breaker=held), snapshot("node-3", breaker=held))
+
+    assessment = assess(status)
+
+    assert assessment.degraded
+    assert [p.subject for p in assessment.problems if p.severity is Severity.DEGRADED] == ["cluster"]
 
 
 def test_breaker_advice_given_once():

@@ -99,6 +99,11 @@ class BreakerSnapshot:
     """The circuit breaker against failover loops, as the failover core reports it."""
 
     tripped: bool = False
+    """The breaker refused an automatic failover onto this node within the window: a failover loop."""
+    open: bool = False
+    """The next automatic failover onto this node would be refused (normal for a while after one)."""
+    closes_at: float | None = None
+    """When an open breaker allows a failover again by itself."""
     failovers_in_window: int = 0
     window: float = 0.0
     detail: str = ""

@@ -216,7 +216,9 @@ def _breaker_source(failover: Failover, config: NodeConfig) -> Callable[[], Brea
 def breaker_snapshot(failover: Failover, config: NodeConfig) -> BreakerSnapshot:
     status = failover.breaker.status()
     return BreakerSnapshot(
-        tripped=status.open,
+        tripped=status.tripped,
+        open=status.open,
+        closes_at=status.closes_at,
         failovers_in_window=len(status.counted),
         window=config.breaker.window,
         detail=status.reason,

@@ -67,7 +67,10 @@ def register(subparsers: Any) -> None:
     actions = breaker.add_subparsers(dest="breaker_command", metavar="ACTION", required=True)
     status = actions.add_parser(
         "status",
-        help="show whether the next automatic failover onto this node would be rejected (exit 4 if so)",
+        help=(
+            "show whether the next automatic failover onto this node would be rejected (open), "
+            "and whether it rejected one within the window (tripped, exit 4)"
+        ),
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(handler=run_breaker_status)
@@ -157,7 +160,8 @@ def run_breaker_status(args: argparse.Namespace) -> ExitCode:
     if args.json:
         print(json.dumps(status.to_json(), indent=2), file=sys.stdout)
     else:
-        print(f"circuit breaker: {'open' if status.open else 'closed'}", file=sys.stdout)
+        word = "tripped" if status.tripped else "open" if status.open else "closed"
+        print(f"circuit breaker: {word}", file=sys.stdout)
         print(f"  {status.reason}", file=sys.stdout)
         if status.tripped_at is not None:
             print(f"  last tripped: {_when(status.tripped_at)}", file=sys.stdout)
@@ -165,7 +169,8 @@ def run_breaker_status(args: argparse.Namespace) -> ExitCode:
             print(f"  last reset: {_when(status.reset_at)}", file=sys.stdout)
         for problem in status.problems:
             print(f"  problem: {problem}", file=sys.stdout)
-    return ExitCode.DEGRADED if status.open else ExitCode.OK
+    # Open after a failover onto this node is normal; a refused failover needs an operator.
+    return ExitCode.DEGRADED if status.tripped else ExitCode.OK
 
 
 def run_breaker_reset(args: argparse.Namespace) -> ExitCode:

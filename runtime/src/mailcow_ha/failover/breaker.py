@@ -49,6 +49,10 @@ class BreakerDecision:
     allowed: bool
     reason: str
     counted: tuple[FailoverRecord, ...] = ()
+    since: float | None = None
+    """The start of the count: the window's start, or the last reset when that is later."""
+    closes_at: float | None = None
+    """When a rejecting breaker allows a failover again by itself (the window moves on); None when allowed."""
 
 
 def _when(timestamp: float) -> str:
@@ -65,11 +69,13 @@ def decide(
     already_serving: bool,
 ) -> BreakerDecision:
     """Decide whether an automatic failover onto this node may start, and why."""
-    if already_serving:
-        return BreakerDecision(True, "this node already has the shared volume mounted; the promote resumes it")
     since = now - window
     if reset_at is not None and reset_at > since:
         since = reset_at
+    if already_serving:
+        return BreakerDecision(
+            True, "this node already has the shared volume mounted; the promote resumes it", since=since
+        )
     counted = [
         record
         for record in records
@@ -82,24 +88,34 @@ def decide(
     span = f"since the breaker reset at {_when(since)}" if since != now - window else f"in the last {window:g} s"
     if len(counted) >= max_failovers:
         listed = ", ".join(f"{record.id} at {_when(record.started_at)} ({record.outcome})" for record in counted)
+        # The oldest failovers leave the window first; the breaker closes once fewer than the limit remain.
+        closes_at = sorted(record.started_at for record in counted)[len(counted) - max_failovers] + window
         return BreakerDecision(
             False,
             f"circuit breaker open: {len(counted)} automatic failover(s) onto this node {span} "
-            f"(limit {max_failovers}): {listed}. Find out why the cluster keeps failing over, then run "
-            "`mailcow-ha breaker reset` on this node",
+            f"(limit {max_failovers}): {listed}. Another failover onto this node means the cluster keeps "
+            f"failing over: it is refused until {_when(closes_at)} or `mailcow-ha breaker reset` on this node",
             tuple(counted),
+            since,
+            closes_at,
         )
     return BreakerDecision(
         True,
         f"circuit breaker closed: {len(counted)} automatic failover(s) onto this node {span}, "
         f"limit {max_failovers}{retry_note}",
         tuple(counted),
+        since,
     )
 
 
 @dataclass(frozen=True)
 class BreakerStatus:
-    """The breaker as `mailcow-ha breaker status` and the status API show it."""
+    """The breaker as `mailcow-ha breaker status` and the status API show it.
+
+    `open`: the next automatic failover onto this node would be refused, which is normal for a
+    while after a failover onto it. `tripped`: the breaker refused one since the count started,
+    so the cluster tried to fail over in a loop and an operator must look.
+    """
 
     open: bool
     reason: str
@@ -107,10 +123,14 @@ class BreakerStatus:
     reset_at: float | None
     tripped_at: float | None
     problems: tuple[str, ...]
+    tripped: bool = False
+    closes_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "open": self.open,
+            "tripped": self.tripped,
+            "closes_at": self.closes_at,
             "reason": self.reason,
             "counted": [record.id for record in self.counted],
             "reset_at": self.reset_at,
@@ -180,13 +200,16 @@ class CircuitBreaker:
             reset_at=breaker_file.get("reset_at"),
             already_serving=False,
         )
+        tripped_at = breaker_file.get("tripped_at")
         return BreakerStatus(
             open=not decision.allowed,
             reason=decision.reason,
             counted=decision.counted,
             reset_at=breaker_file.get("reset_at"),
-            tripped_at=breaker_file.get("tripped_at"),
+            tripped_at=tripped_at,
             problems=tuple(problems),
+            tripped=tripped_at is not None and decision.since is not None and tripped_at >= decision.since,
+            closes_at=decision.closes_at,
         )
 
     def reset(self) -> None:

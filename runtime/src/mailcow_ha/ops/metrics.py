@@ -71,7 +71,12 @@ def _member_metrics(status: ClusterStatus) -> list[Metric]:
     mounted = Metric("volume_mounted", "gauge", "1 when the shared volume is mounted on the member.")
     running = Metric("containers_running", "gauge", "mailcow containers running on the member.")
     maintenance = Metric("maintenance", "gauge", "1 while the member is in maintenance mode.")
-    breaker = Metric("breaker_tripped", "gauge", "1 when the member's circuit breaker is tripped.")
+    breaker = Metric(
+        "breaker_tripped", "gauge", "1 when the member's circuit breaker refused a failover within its window."
+    )
+    breaker_open = Metric(
+        "breaker_open", "gauge", "1 when the member's circuit breaker would refuse the next failover onto it."
+    )
     for member in status.members:
         snapshot = member.snapshot
         up.add(1 if snapshot is not None else 0, node=member.name)
@@ -89,7 +94,8 @@ def _member_metrics(status: ClusterStatus) -> list[Metric]:
         maintenance.add(1 if snapshot.maintenance.active else 0, node=member.name)
         if snapshot.breaker is not None:
             breaker.add(1 if snapshot.breaker.tripped else 0, node=member.name)
-    return [up, state, healthy, primary, synced, size, mounted, running, maintenance, breaker]
+            breaker_open.add(1 if snapshot.breaker.open else 0, node=member.name)
+    return [up, state, healthy, primary, synced, size, mounted, running, maintenance, breaker, breaker_open]
 
 
 def _history_metrics(records: Sequence[FailoverRecord]) -> list[Metric]:

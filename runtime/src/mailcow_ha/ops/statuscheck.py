@@ -61,6 +61,7 @@ def assess(status: ClusterStatus) -> Assessment:
     problems = [
         *_member_problems(status.members),
         *_master_problems(status.members, masters),
+        *_takeover_problems(status.members, master),
         *_galera_problems(status.members),
         *_cloud_problems(status, master),
         *_state_file_problems(status),
@@ -121,11 +122,23 @@ def _node_state_problems(name: str, snapshot: NodeSnapshot) -> Iterator[Problem]
     elif maintenance.active:
         until = "until switched off" if maintenance.expires_at is None else f"until {_utc(maintenance.expires_at)}"
         yield Problem(Severity.NOTICE, name, f"maintenance mode on ({until}): no automatic failover")
-    if snapshot.breaker is not None and snapshot.breaker.tripped:
-        detail = snapshot.breaker.detail or "failover loop stopped"
+    breaker = snapshot.breaker
+    if breaker is not None and breaker.tripped:
+        detail = breaker.detail or "failover loop stopped"
         advice = "" if "breaker reset" in detail else "; `mailcow-ha breaker reset` on it once the cause is fixed"
         yield Problem(
-            Severity.DEGRADED, name, f"circuit breaker tripped ({detail}); this node will not take over{advice}"
+            Severity.DEGRADED,
+            name,
+            f"circuit breaker tripped: it refused a failover onto this node ({detail}); "
+            f"this node will not take over{advice}",
+        )
+    elif breaker is not None and breaker.open and snapshot.vrrp_state != "MASTER":
+        until = "" if breaker.closes_at is None else f" until {_utc(breaker.closes_at)}"
+        yield Problem(
+            Severity.NOTICE,
+            name,
+            f"will not take over automatically{until}: {breaker.failovers_in_window} failover(s) onto it in the "
+            "breaker's window; `mailcow-ha breaker reset` on it allows it now",
         )
     transition = snapshot.transition
     if transition is not None and transition.running:
@@ -155,6 +168,28 @@ def _master_problems(members: Sequence[MemberStatus], masters: Sequence[str]) ->
     if missing:
         yield Problem(
             Severity.CRITICAL, master.name, f"MASTER lacks floating IP(s) {', '.join(missing)} on its public interface"
+        )
+
+
+def _takeover_problems(members: Sequence[MemberStatus], master: str | None) -> Iterator[Problem]:
+    """With a master, at least one standby must be able to take over automatically."""
+    if master is None:
+        return
+    standbys = [m for m in members if m.name != master]
+    ready = [
+        m
+        for m in standbys
+        if m.snapshot is not None
+        and m.snapshot.vrrp_state == "BACKUP"
+        and m.snapshot.healthy
+        and not (m.snapshot.breaker is not None and (m.snapshot.breaker.open or m.snapshot.breaker.tripped))
+    ]
+    if standbys and not ready:
+        yield Problem(
+            Severity.DEGRADED,
+            "cluster",
+            f"no standby can take over automatically if {master} fails (each is unreachable, unhealthy, "
+            "not BACKUP or held by its circuit breaker); see the problems of each node",
         )
 
 

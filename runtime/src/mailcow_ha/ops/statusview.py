@@ -66,7 +66,9 @@ def _maintenance_cell(snapshot: NodeSnapshot) -> str:
 def _breaker_cell(snapshot: NodeSnapshot) -> str:
     if snapshot.breaker is None:
         return "?"
-    return "TRIPPED" if snapshot.breaker.tripped else "ok"
+    if snapshot.breaker.tripped:
+        return "TRIPPED"
+    return "open" if snapshot.breaker.open else "ok"
 
 
 def member_row(member: MemberStatus, master: str | None) -> list[str]:
