@@ -172,6 +172,8 @@ def test_standby_reports_healthy(make_node: Callable[..., Node]) -> None:
     agent = node.start()
 
     node.wait_healthy()
+    # Healthy already holds while the start-up demote runs ("transition: ..."); wait for its end.
+    node.wait(lambda: agent.snapshot().reason.startswith("standby:"))
 
     assert node.transitions.runs == ["demote"]
     snapshot = agent.snapshot()
