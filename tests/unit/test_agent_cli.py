@@ -120,9 +120,13 @@ def test_maintenance_reaches_other_members(tmp_path: Path, capsys: pytest.Captur
         peer_window, _ = read_maintenance(peer_state)
         off = main(["--config", str(config_path), "maintenance", "off"])
         peer_after, _ = read_maintenance(peer_state)
+        output = capsys.readouterr()
+        main(["--config", str(config_path), "maintenance", "off"])
+        second_off = capsys.readouterr().out
     finally:
         api.stop()
-    output = capsys.readouterr()
+    assert "maintenance mode on mailcow-ha-test-1: was already off" in second_off
+    assert "maintenance mode on mailcow-ha-test-2: was already off" in second_off
 
     assert on == ExitCode.DEGRADED
     assert peer_window is not None

@@ -107,7 +107,10 @@ def _on_other_members(config: NodeConfig, params: dict[str, Any]) -> ExitCode:
             failed.append(member.name)
             print(f"maintenance mode on {member.name}: NOT changed: {error}", file=sys.stderr)
             continue
-        print(f"maintenance mode on {member.name}: {result.get('maintenance', 'changed')}")
+        outcome = result.get("maintenance", "changed")
+        if outcome == "off" and result.get("changed") is False:
+            outcome = "was already off"
+        print(f"maintenance mode on {member.name}: {outcome}")
     if failed:
         print(
             f"maintenance mode was not changed on {', '.join(failed)}; run the same command there, "
