@@ -293,15 +293,21 @@ def reload_all(
 
 def test_reloads_during_election_lose_no_master(cluster: AgentCluster) -> None:
     # keepalived started before the agents, so it created every FIFO and replaces it at each reload.
-    inodes = {agent.node.name: agent.node.fifo.stat().st_ino for agent in cluster.agents}
-    rounds = reload_all(cluster, seconds=5.0)
+    # A handle on each first FIFO shows its removal; inode numbers do not, as a new FIFO may reuse one.
+    originals = [os.open(agent.node.fifo, os.O_PATH | os.O_CLOEXEC) for agent in cluster.agents]
+    try:
+        rounds = reload_all(cluster, seconds=5.0)
 
-    master = cluster.master(timeout=20)
-    wait(lambda: master.transitions()[-1:] == ["promote"], 10, f"{master.node.name}'s promote\n{master.log_tail()}")
-    time.sleep(1.0)
+        master = cluster.master(timeout=20)
+        wait(lambda: master.transitions()[-1:] == ["promote"], 10, f"{master.node.name}'s promote\n{master.log_tail()}")
+        time.sleep(1.0)
+        removed = [os.fstat(descriptor).st_nlink == 0 for descriptor in originals]
+    finally:
+        for descriptor in originals:
+            os.close(descriptor)
 
     assert rounds >= 10
-    assert all(agent.node.fifo.stat().st_ino != inodes[agent.node.name] for agent in cluster.agents)
+    assert all(removed)
     assert cluster.vrrp.masters() == [master.node]
     for agent in cluster.agents:
         if agent is not master:
