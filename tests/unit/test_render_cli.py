@@ -105,10 +105,12 @@ def test_invalid_node_count_override(tmp_path: Path, capsys: pytest.CaptureFixtu
     project.mkdir()
     write_stack(project, base_config())
 
-    code = render(project, tmp_path / "out", f"--node-count={count}")
+    with pytest.raises(SystemExit) as exit_info:
+        render(project, tmp_path / "out", f"--node-count={count}")
 
-    assert code == ExitCode.CONFIG
-    assert f"mailcow-ha:nodeCount: invalid value {count}" in capsys.readouterr().err
+    # argparse rejects it and names the option the user typed, with the stack's rule.
+    assert exit_info.value.code == ExitCode.USAGE
+    assert f"argument --node-count: {count} nodes: expected 3, 5, 7 or 9" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

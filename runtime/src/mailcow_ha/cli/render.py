@@ -36,6 +36,7 @@ from mailcow_ha.render.nodeconfig import (
 )
 from mailcow_ha.stack import KEYS_BY_NAME, PROJECT, Placeholder, StackConfig, parse_stack
 from mailcow_ha.stack_git import resolve_runtime_ref, unpublished_warning
+from mailcow_ha.stack_rules import check_node_count
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--stack", required=True, help="stack name; reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     parser.add_argument(
-        "--node-count", type=positive_int, default=None, help="render this many nodes instead of nodeCount"
+        "--node-count",
+        type=_node_count,
+        default=None,
+        help="render this many nodes (3, 5, 7 or 9) instead of nodeCount",
     )
     parser.add_argument(
         "--project-dir",
@@ -110,6 +114,15 @@ def run(args: argparse.Namespace) -> ExitCode:
     print(plan_summary(stack, args.out), file=sys.stdout)
     log.info("wrote %d files under %s", written, args.out)
     return ExitCode.OK
+
+
+def _node_count(text: str) -> int:
+    """Parse --node-count with the stack's own rule, so the error names the option, not nodeCount."""
+    value = positive_int(text)
+    try:
+        return check_node_count(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{value} nodes: {error}") from None
 
 
 def load_stack(project_dir: Path, stack_name: str, *, node_count: int | None = None) -> StackConfig:
