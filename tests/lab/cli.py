@@ -54,7 +54,8 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"mailcow-ha-lab up failed: {error}\nthe lab is left for inspection; remove it with "
               f"`mailcow-ha-lab down --lab {lab.lab_id}`", file=sys.stderr)  # fmt: skip
         return 1
-    print(json.dumps(lab.timings))
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in lab.timings.items())
+    print(f"lab {lab.lab_id} is up; bring-up took {phases}")
     return 0
 
 
