@@ -21,7 +21,7 @@ from harness.nodeconfig import deep_update, node_config_dict
 from harness.podman import PodmanService
 from mailcow_ha import state
 from mailcow_ha.agent.membership import Member, Membership
-from mailcow_ha.agent.snapshot import MountSnapshot, NodeSnapshot, TransitionSnapshot
+from mailcow_ha.agent.snapshot import MountSnapshot, NodeSnapshot, ProbeSnapshot, TransitionSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
 from mailcow_ha.config import NodeConfig, parse_config
 from mailcow_ha.deadline import Deadline
@@ -29,6 +29,7 @@ from mailcow_ha.errors import Superseded
 from mailcow_ha.failover.history import RecordOutcome
 from mailcow_ha.failover.release import ReleaseOutcome
 from mailcow_ha.failover.wiring import build_release_waiter
+from mailcow_ha.health.verdict import MOUNT
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,16 @@ HOLDER_NAME = "mailcow-ha-test-2"
 HOLDER_SERVER_ID = 502
 
 
-def holder_snapshot(mounted: bool, *, demoting: bool = True) -> NodeSnapshot:
+def holder_snapshot(mounted: bool, *, demoting: bool = True, running: str | None = None) -> NodeSnapshot:
+    """The holder's snapshot; its mount probe read the mount table a second after the last transition began."""
+    now = time.time()
+    running = running or ("FAULT" if demoting else None)
+    started = now - 2.0
+    transition = (
+        TransitionSnapshot(running=running, started_at=started)
+        if running
+        else TransitionSnapshot(last_state="FAULT", last_outcome="ok", last_finished_at=started + 0.5)
+    )
     return NodeSnapshot(
         cluster="mailcow-ha-test",
         node=HOLDER_NAME,
@@ -44,10 +54,11 @@ def holder_snapshot(mounted: bool, *, demoting: bool = True) -> NodeSnapshot:
         private_ip="127.0.0.1",
         agent_version="test",
         agent_started_at=1.0,
-        taken_at=time.time(),
-        vrrp_state="FAULT",
+        taken_at=now,
+        vrrp_state="MASTER" if running == "MASTER" else "FAULT",
+        probes=(ProbeSnapshot(MOUNT, True, "", duration=0.001, checked_at=started + 1.0),),
         mount=MountSnapshot("/srv/mailcow-data", mounted),
-        transition=TransitionSnapshot(running="FAULT" if demoting else None),
+        transition=transition,
     )
 
 
@@ -146,6 +157,26 @@ def test_unreachable_holder_not_waited_for(tmp_path: Path, silent: bool) -> None
 
     assert result.outcome is ReleaseOutcome.NO_RESPONSE
     assert result.seconds < 5.0
+
+
+def test_unmounted_from_promoting_holder_waited_for(tmp_path: Path) -> None:
+    # A holder whose promote runs reports the flag of its last mount table read, from before its
+    # mount: the wait goes on until its demote has read the table afresh.
+    def snapshot() -> NodeSnapshot:
+        if peer.requests < 4:
+            return holder_snapshot(mounted=False, running="MASTER")
+        return holder_snapshot(mounted=False, demoting=False)
+
+    peer = Peer(snapshot)
+    try:
+        config = waiter_config(tmp_path, peer.port)
+
+        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)
+    finally:
+        peer.stop()
+
+    assert result.outcome is ReleaseOutcome.RELEASED
+    assert peer.requests == 4
 
 
 def test_wait_ends_at_deadline(tmp_path: Path) -> None:

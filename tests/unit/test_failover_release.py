@@ -25,6 +25,8 @@ def report(mounted: bool | None = True, **changes: object) -> HolderReport:
         "mounted": mounted,
         "vrrp_state": "FAULT",
         "transition_running": "FAULT",
+        "transition_started_at": 990.0,
+        "mount_read_at": 1000.0,
     }
     values.update(changes)
     return HolderReport(**values)  # type: ignore[arg-type]

@@ -6,7 +6,8 @@ that is alive demotes at the same time (it left MASTER before this node became M
 unmount ends well within a second of the fault. So before the volume thread detaches the volume,
 it requests the holder's status every RELEASE_POLL_INTERVAL seconds from the holder's agent, at the
 private address that members.json lists for the server id the API names. It detaches when:
-- the holder reports the volume not mounted (released);
+- the holder reports the volume not mounted (released), from a read of its mount table made
+  after its last chance to mount it (see `unmount_report_problem`);
 - the holder cannot be asked: its server is not a known member, it does not answer, or its
   answer is unusable (a powered-off node ends up here after one request timeout);
 - the holder reports that its demote failed, so it will not release the volume;
@@ -64,6 +65,33 @@ class HolderReport:
     last_state: str | None = None
     last_outcome: str | None = None
     """Outcome of the holder's last transition: ok, failed or superseded."""
+    transition_started_at: float | None = None
+    """When the running transition started, on the holder's wall clock."""
+    last_finished_at: float | None = None
+    """When the holder's last transition ended, on its wall clock."""
+    mount_read_at: float | None = None
+    """When the holder's latest mount probe read its mount table, on its wall clock; None without a result."""
+
+
+def unmount_report_problem(report: HolderReport) -> str | None:
+    """Return why the holder's "not mounted" may be out of date, or None when it can be trusted.
+
+    The agent's mount flag comes from its mount probe, which reads the mount table every
+    `health.system_interval` seconds, and only a promote mounts the volume. So "not mounted" holds
+    only when no promote runs and the table was read after the running transition started, or,
+    with none running, after the last one ended.
+    """
+    if report.transition_running == "MASTER":
+        return "its promote is running and may mount the volume at any moment"
+    if report.mount_read_at is None:
+        return f"it has not read its mount table since its role changed (keepalived {report.vrrp_state})"
+    if report.transition_running is not None:
+        boundary, event = report.transition_started_at, f"its {report.transition_running} transition started"
+    else:
+        boundary, event = report.last_finished_at, f"its last transition ({report.last_state}) ended"
+    if boundary is not None and report.mount_read_at < boundary:
+        return f"it read its mount table {boundary - report.mount_read_at:.1f} s before {event}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,7 +138,17 @@ def decide_release(  # noqa: PLR0911
             False, ReleaseOutcome.NO_RESPONSE, f"{described} does not report its mount; detaching without waiting"
         )
     if not response.mounted:
-        return ReleaseDecision(False, ReleaseOutcome.RELEASED, f"{described} reports the volume unmounted")
+        stale = unmount_report_problem(response)
+        if stale is None:
+            return ReleaseDecision(False, ReleaseOutcome.RELEASED, f"{described} reports the volume unmounted")
+        if expired:
+            return ReleaseDecision(
+                False,
+                ReleaseOutcome.TIMED_OUT,
+                f"{described} reported the volume unmounted, but {stale}, when the release wait ended; "
+                "detaching anyway",
+            )
+        return ReleaseDecision(True, None, f"{described} reports the volume unmounted, but {stale}; waiting")
     state = f"keepalived {response.vrrp_state}, " + (
         f"{response.transition_running} transition running" if response.transition_running else "no transition running"
     )

@@ -29,6 +29,7 @@ from mailcow_ha.failover.promote import CloudOperations, Promoter
 from mailcow_ha.failover.release import Holder, HolderReport, ReleaseWaiter
 from mailcow_ha.failover.storage import SharedVolume
 from mailcow_ha.failover.transitions import CancelToken, OutcomeCallback, TransitionRunner
+from mailcow_ha.health.verdict import MOUNT
 
 
 @dataclass
@@ -109,6 +110,7 @@ def build_release_waiter(config: NodeConfig, *, clock: Clock = time.monotonic) -
         client = StatusClient.from_config(config, timeout=timeout)
         snapshot = client.status(holder.address, node=holder.name)
         transition = snapshot.transition
+        probe = next((probe for probe in snapshot.probes if probe.name == MOUNT), None)
         return HolderReport(
             node=snapshot.node,
             mounted=None if snapshot.mount is None else snapshot.mount.mounted,
@@ -116,6 +118,10 @@ def build_release_waiter(config: NodeConfig, *, clock: Clock = time.monotonic) -
             transition_running=None if transition is None else transition.running,
             last_state=None if transition is None else transition.last_state,
             last_outcome=None if transition is None else transition.last_outcome,
+            transition_started_at=None if transition is None else transition.started_at,
+            last_finished_at=None if transition is None else transition.last_finished_at,
+            # The probe reads the mount table when it starts; checked_at is when it ended.
+            mount_read_at=None if probe is None else probe.checked_at - probe.duration,
         )
 
     return ReleaseWaiter(locate=locate, fetch=fetch, request_timeout=config.deadlines.release_request, clock=clock)
