@@ -111,15 +111,18 @@ def known_members(config: NodeConfig) -> list[Member]:
 
     The node config that cloud-init writes lists no peers, so the members come from the last
     `mailcow-ha peers sync` (the state directory), or from the config's peers where an
-    administrator listed them. Raises Refused when neither names any member.
+    administrator listed them. Raises Refused when neither names any member. A corrupt members
+    file is left in place: these commands only read it, and the next sync rewrites it.
     """
-    stored = load_membership(config).members
-    if not stored:
+    membership = load_membership(config, move_corrupt=False)
+    if not membership.members:
+        stored = membership.problem or f"no membership is stored in {config.paths.state_dir}"
         raise Refused(
-            f"no cluster members known on {config.node.name}: no membership is stored in "
-            f"{config.paths.state_dir} and the node config lists no peers; run `mailcow-ha peers sync` first"
+            f"no cluster members known on {config.node.name}: {stored}, and the node config lists no peers; "
+            "run `mailcow-ha peers sync` first"
         )
-    return members_of(config)
+    members = [Member(member.name, member.index, member.private_ip) for member in membership.members]
+    return sorted(members, key=lambda m: m.index)
 
 
 def fetch_snapshots(client: StatusClient, members: Sequence[Member]) -> tuple[MemberStatus, ...]:
