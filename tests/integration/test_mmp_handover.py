@@ -135,3 +135,23 @@ def test_clean_release_mounts_without_clearing(podman: PodmanService) -> None:
         assert mmp_step.detail.startswith(f"{MmpAction.MOUNT}:")
         assert "clean" in mmp_step.detail
         failover.close()
+
+
+def test_resume_leaves_the_live_mmp_block_alone(podman: PodmanService) -> None:
+    # A second promote on the master (an agent restart) finds its own host name in an active
+    # block. That block is live, kept by this node's kmmpd, and must not be cleared under it.
+    with failover_node(podman, overrides=NO_KERNEL_WAIT) as node:
+        failover = node.failover()
+        with node.health_driver():
+            failover.promoter.run(master_token())
+            live = read_mmp(node.volume.device, timeout=10)
+            record = failover.promoter.run(master_token())
+
+        assert live is not None
+        assert live.state is MmpState.ACTIVE
+        mmp_step = next(step for step in record.steps if step.name == "multi-mount protection")
+        assert mmp_step.detail is not None
+        assert mmp_step.detail.startswith(f"{MmpAction.MOUNT}:")
+        assert "already mounted on this node" in mmp_step.detail
+        assert node.mounted()
+        failover.close()

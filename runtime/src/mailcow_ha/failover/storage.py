@@ -175,6 +175,14 @@ class SharedVolume:
         Call it only once the API shows the volume attached to this server. Raises VolumeRejected
         while e2fsck has the file system open.
         """
+        if blockdev.mounts_of(device.number, blockdev.read_mountinfo()):
+            # A promote that resumes: this node's kmmpd keeps the block, which is live, not stale.
+            decision = MmpDecision(
+                MmpAction.MOUNT,
+                f"{device.path} is already mounted on this node; its MMP block is this node's own and stays as it is",
+            )
+            log.info("shared volume %s: %s", device.path, decision.reason)
+            return decision
         has_mmp = "mmp" in probe.features
         block = ext4mmp.read_mmp(device.real_path, timeout=deadline.remaining()) if has_mmp else None
         try:
