@@ -73,9 +73,7 @@ def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 def destination_allowed(family: int, address: Any) -> tuple[bool, str]:
     """Decide whether a destination is on this host; returns (allowed, the address as text)."""
     if family not in (socket.AF_INET, socket.AF_INET6):
-        if family == getattr(socket, "AF_PACKET", None):
-            return False, f"raw frames on interface {address!r}"
-        return True, repr(address)
+        return _other_family_allowed(family, address)
     if not isinstance(address, tuple) or not address:
         return False, repr(address)
     host = address[0]
@@ -90,6 +88,16 @@ def destination_allowed(family: int, address: Any) -> tuple[bool, str]:
     if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
         literal = literal.ipv4_mapped
     return literal.is_loopback or literal.is_unspecified, text
+
+
+def _other_family_allowed(family: int, address: Any) -> tuple[bool, str]:
+    # Unix and netlink sockets stay on this host; any other family (raw frames, vsock to the
+    # hypervisor, ...) may leave it.
+    if family in (socket.AF_UNIX, getattr(socket, "AF_NETLINK", socket.AF_UNIX)):
+        return True, repr(address)
+    if family == getattr(socket, "AF_PACKET", None):
+        return False, f"raw frames on interface {address!r}"
+    return False, f"{address!r} (address family {family})"
 
 
 class NetworkGuard:

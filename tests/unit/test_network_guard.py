@@ -82,12 +82,22 @@ def test_datagram_and_other_calls_rejected(guard, family, call) -> None:
         (socket.AF_INET, ("localhost", 9)),
         (socket.AF_INET6, ("::1", 9)),
         (socket.AF_INET6, ("::ffff:127.0.0.1", 9)),
+        (socket.AF_UNIX, "/run/test.sock"),
+        (socket.AF_NETLINK, (0, 0)),
     ],
 )
 def test_local_destinations_allowed(family, address) -> None:
     allowed, _ = netguard.destination_allowed(family, address)
 
     assert allowed
+
+
+def test_other_address_families_rejected() -> None:
+    # vsock reaches the hypervisor, not this host.
+    allowed, text = netguard.destination_allowed(socket.AF_VSOCK, (2, 1024))
+
+    assert not allowed
+    assert "address family" in text
 
 
 def test_unix_socket_allowed(guard: netguard.NetworkGuard, tmp_path: Path) -> None:
