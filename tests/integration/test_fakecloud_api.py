@@ -119,7 +119,7 @@ def test_not_found_error_body(env):
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert "message" in response.json()["error"]
-    assert response.json()["error"]["details"] == {}
+    assert response.json()["error"]["details"] is None
 
 
 def test_every_response_has_headers(env):
@@ -176,7 +176,7 @@ def test_attach_missing_server_field(env):
         timeout=5,
     )
 
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["error"]["details"]["fields"][0]["name"] == "server"
 
 

@@ -105,9 +105,9 @@ def test_control_rejects_bad_input(fake_process):
     no_route = fake_process.control("GET", "nothing")
     wrong_token = requests.get(f"{fake_process.url.removesuffix('/v1')}/_fake/state", timeout=5)
 
-    assert unknown.status_code == 400
+    assert unknown.status_code == 422
     assert "colour" in unknown.text
-    assert bad_fault.status_code == 400
+    assert bad_fault.status_code == 422
     assert "needs an effect" in bad_fault.json()["error"]["message"]
     assert no_route.status_code == 404
     assert wrong_token.status_code == 401

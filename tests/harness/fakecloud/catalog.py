@@ -22,38 +22,46 @@ SERVER_TYPES: dict[str, dict[str, Any]] = {
 }
 
 ERROR_STATUS: dict[str, int] = {
-    "invalid_input": 400,
     "json_error": 400,
-    "unsupported_error": 400,
     "unauthorized": 401,
+    "token_readonly": 401,
     "forbidden": 403,
+    "maintenance": 403,
     "resource_limit_exceeded": 403,
-    "resource_unavailable": 403,
-    "token_readonly": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "uniqueness_error": 409,
     "volume_already_attached": 409,
+    "deprecated_api_endpoint": 410,
+    "resource_unavailable": 412,
+    "invalid_input": 422,
+    "service_error": 422,
+    "unsupported_error": 422,
     "locked": 423,
     "protected": 423,
     "rate_limit_exceeded": 429,
     "server_error": 500,
     "bad_gateway": 502,
-    "maintenance": 503,
-    "service_error": 503,
     "unavailable": 503,
     "timeout": 504,
 }
-"""HTTP status of every error code the fake sends. The codes are the real API's; the status of
-`volume_already_attached` is not documented and 409 is this fake's choice."""
+"""HTTP status of every error code the fake sends, from the error code table of the Hetzner Cloud
+API reference. Two codes are not in that table: `volume_already_attached` (409 is this fake's
+choice) and `bad_gateway` (502 Bad Gateway)."""
 
 ERROR_MESSAGES: dict[str, str] = {
     "invalid_input": "invalid input in the request",
     "json_error": "the request body is not valid JSON",
     "unauthorized": "unable to authenticate",
+    "token_readonly": "the token is only allowed to perform GET requests",
     "forbidden": "insufficient permissions for this request",
     "not_found": "resource not found",
+    "method_not_allowed": "the request method is not allowed",
     "conflict": "the resource changed during the request, please retry",
+    "deprecated_api_endpoint": "the API endpoint functionality was removed",
+    "resource_unavailable": "the requested resource is currently unavailable",
+    "unsupported_error": "the resource does not support this action",
     "locked": "the resource is locked because another action is running",
     "rate_limit_exceeded": "rate limit exceeded",
     "server_error": "internal server error",
@@ -66,11 +74,15 @@ ERROR_MESSAGES: dict[str, str] = {
 }
 
 DEFAULT_CODE_FOR_STATUS: dict[int, str] = {
-    400: "invalid_input",
+    400: "json_error",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
+    410: "deprecated_api_endpoint",
+    412: "resource_unavailable",
+    422: "invalid_input",
     423: "locked",
     429: "rate_limit_exceeded",
     500: "server_error",

@@ -13,8 +13,9 @@ class ApiError(Exception):
     def __init__(self, code: str, message: str | None = None, details: dict[str, Any] | None = None) -> None:
         self.code = code
         self.message = message or ERROR_MESSAGES.get(code, code.replace("_", " "))
-        self.details = details or {}
-        self.status = ERROR_STATUS.get(code, 400)
+        self.details = details
+        """None when the code has no details, as the real API sends `"details": null` then."""
+        self.status = ERROR_STATUS.get(code, 422)
         super().__init__(f"{self.code}: {self.message}")
 
     def body(self) -> dict[str, Any]:

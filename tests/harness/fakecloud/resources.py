@@ -9,7 +9,17 @@ from typing import Any
 
 from harness.fakecloud.catalog import location_json, server_type_json
 
-SERVER_STATUSES = ("running", "initializing", "starting", "stopping", "off", "deleting", "migrating", "rebuilding")
+SERVER_STATUSES = (
+    "running",
+    "initializing",
+    "starting",
+    "stopping",
+    "off",
+    "deleting",
+    "migrating",
+    "rebuilding",
+    "unknown",
+)
 
 
 def utc_timestamp(unix_time: float) -> str:

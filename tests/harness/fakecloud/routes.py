@@ -214,5 +214,5 @@ def resolve(method: str, path: str) -> tuple[Route, dict[str, int]]:
             ids[name] = int(raw)
         return route, ids
     if path_known:
-        raise ApiError("not_found", f"method {method} is not allowed on {path}")
+        raise ApiError("method_not_allowed", f"method {method} is not allowed on {path}")
     raise ApiError("not_found", f"no endpoint {path}")

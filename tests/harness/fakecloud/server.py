@@ -61,9 +61,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if not self._authorized():
             rejection = ApiError("unauthorized", "unable to authenticate")
-            if url.path.startswith(API_PREFIX + "/"):
-                fake.requests.record(method, url.path[len(API_PREFIX) :], rejection.status)
-            self._send(rejection.status, rejection.body())
+            if not url.path.startswith(API_PREFIX + "/"):
+                self._send(rejection.status, rejection.body())
+                return
+            # The real API rate-limits requests whether they are authenticated or not.
+            budget = fake.rate_limit.consume()
+            if not budget.allowed:
+                rejection = ApiError("rate_limit_exceeded")
+            fake.requests.record(method, url.path[len(API_PREFIX) :], rejection.status)
+            self._send(rejection.status, rejection.body(), budget)
             return
         if url.path.startswith(CONTROL_PREFIX + "/"):
             self._serve_control(method, url.path[len(CONTROL_PREFIX) :], query, body)
@@ -139,7 +145,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return fault.error_status(), error.body()
         action_fault = fault if fault is not None and fault.action is not None else None
         if route.method == "POST" and not isinstance(body, dict):
-            return 400, ApiError("invalid_input", "expected a JSON object").body()
+            error = ApiError("invalid_input", "root must be a JSON object")
+            return error.status, error.body()
         try:
             return route.handler(self.server.fake, ids, query, body, action_fault)
         except ApiError as error:
