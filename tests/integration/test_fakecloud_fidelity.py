@@ -13,6 +13,11 @@ from hcloud.servers import Server
 from hcloud.volumes import Volume
 
 from harness.fakecloud.testing import serve_fake
+from harness.nodeconfig import node_config_dict
+from mailcow_ha.adapters.hetzner import HetznerCloud
+from mailcow_ha.config import parse_config
+from mailcow_ha.deadline import Deadline
+from mailcow_ha.errors import CloudError
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +45,18 @@ DOCUMENTED_STATUS = {
     "timeout": 504,
 }
 """Status of each code in the error code table of the API reference (docs.hetzner.cloud, "Errors")."""
+
+RETRIED_CODES = ["conflict", "locked", "maintenance", "server_error", "service_error", "timeout", "unavailable"]
+PERMANENT_CODES = [
+    "deprecated_api_endpoint",
+    "forbidden",
+    "method_not_allowed",
+    "protected",
+    "resource_unavailable",
+    "token_readonly",
+    "unsupported_error",
+]
+FAST = {"poll_interval": 0.05, "retry_backoff_initial": 0.05, "retry_backoff_max": 0.2, "request_timeout": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +201,33 @@ def test_server_status_unknown_shown(env, client):
     fetched = client.servers.get_by_id(server.id)
 
     assert fetched.status == Server.STATUS_UNKNOWN
+
+
+def _adapter(env, cluster) -> HetznerCloud:
+    section = env.hetzner_section(cluster, 2, **FAST)
+    return HetznerCloud(parse_config(node_config_dict(hetzner=section)).hetzner)
+
+
+@pytest.mark.parametrize("code", RETRIED_CODES)
+def test_adapter_retries_documented_code(env, code):
+    cluster = env.cluster(name=f"retry-{code.replace('_', '-')}")
+    env.fake.inject(operation="volume.get", code=code)
+    mark = env.fake.requests.mark()
+
+    info = _adapter(env, cluster).volume(cluster.volume_id, Deadline.after("read", 5))
+
+    assert info.server_id == cluster.server_ids[0]
+    assert env.fake.requests.counts(mark) == {"GET /volumes/{id}": 2}
+
+
+@pytest.mark.parametrize("code", PERMANENT_CODES)
+def test_adapter_stops_on_documented_code(env, code):
+    cluster = env.cluster(name=f"stop-{code.replace('_', '-')}")
+    env.fake.inject(operation="volume.get", code=code)
+    mark = env.fake.requests.mark()
+
+    with pytest.raises(CloudError) as caught:
+        _adapter(env, cluster).volume(cluster.volume_id, Deadline.after("read", 5))
+
+    assert caught.value.code == code
+    assert env.fake.requests.counts(mark) == {"GET /volumes/{id}": 1}
