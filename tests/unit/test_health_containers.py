@@ -203,6 +203,9 @@ def test_tracker_counts_unseen_restarts() -> None:
         # Docker's restart of a container that ignores SIGTERM: SIGKILL after the stop timeout.
         ([("kill", 0.0), ("kill", 10.0), ("die", 10.01), ("stop", 10.02)], DeathCause.STOPPING),
         ([("kill", 0.0), ("die", 0.01)], DeathCause.KILLED),
+        # podman's cleanup process may report the death before `podman kill` reports the kill.
+        ([("die", 0.0), ("kill", 0.02)], DeathCause.KILLED),
+        ([("die", 0.0), ("kill", 3.0)], DeathCause.CRASH),
         ([("die", 0.0)], DeathCause.CRASH),
         # A SIGHUP that reloads a service is a `kill` too, and a death long after it is a crash.
         ([("kill", 0.0), ("die", 5.0)], DeathCause.CRASH),

@@ -40,6 +40,11 @@ KILL_MATCH_WINDOW = 2.0
 
 A signal that kills (SIGKILL) ends the container at once. A longer gap means another signal,
 such as the SIGHUP that reloads a service, and a later death is then judged as a crash."""
+KILL_LATE_WINDOW = 1.0
+"""Seconds a `kill` event may follow the `die` it caused.
+
+podman writes `kill` once the signal was sent, and its cleanup process, which writes `die`, can
+get there first when SIGKILL ends the container at once."""
 
 
 class DeathCause(enum.StrEnum):
@@ -227,7 +232,8 @@ def classify_death(requests: dict[str, float], died_at: float) -> DeathCause:
     """Tell from the `kill`, `stop` and `restart` event times of a container why it died at `died_at`.
 
     `restart` and `stop` count before and after the death, because the engines order them
-    differently. `kill` counts only shortly before it, because it is what ends the container.
+    differently. `kill` counts only shortly before it (or just after, as podman may report it),
+    because it is what ends the container.
     """
 
     def near(action: str) -> bool:
@@ -239,7 +245,7 @@ def classify_death(requests: dict[str, float], died_at: float) -> DeathCause:
     if near("stop"):
         return DeathCause.STOPPING
     killed_at = requests.get("kill")
-    if killed_at is not None and died_at - KILL_MATCH_WINDOW <= killed_at <= died_at:
+    if killed_at is not None and died_at - KILL_MATCH_WINDOW <= killed_at <= died_at + KILL_LATE_WINDOW:
         return DeathCause.KILLED
     return DeathCause.CRASH
 
