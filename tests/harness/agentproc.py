@@ -25,9 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailcow_ha.adapters.keepalived import UNHEALTHY, HealthFile, KeepalivedProcess
-from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.main import Agent, AgentParts
-from mailcow_ha.agent.process import PID_FILE
+from mailcow_ha.agent.wiring import build_guardian
 from mailcow_ha.alert_events import Alerter, AlertEvent
 from mailcow_ha.cli.agent import serve
 from mailcow_ha.config import NodeConfig, load_config
@@ -110,12 +109,7 @@ def scripted_builder(control: Path) -> Callable[[NodeConfig, Alerter], Agent]:
             health_file=health_file,
             keepalived=KeepalivedProcess(config.paths.keepalived_pid_file, config.paths.keepalived_data_file),
             alerter=alerter,
-            guardian=Guardian(
-                health_file=config.paths.health_file,
-                pid_file=config.paths.run_dir / PID_FILE,
-                timeout=config.health.watchdog_timeout,
-                restart_delay=config.keepalived.agent_restart_delay,
-            ),
+            guardian=build_guardian(config),
         )
         return Agent(parts)
 

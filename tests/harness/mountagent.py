@@ -22,9 +22,8 @@ from pathlib import Path
 from harness.agentproc import ALERTS_LOG, PROBE_NAMES, TRANSITIONS_LOG, FileAlerter, FileProbe
 from mailcow_ha.adapters import blockdev
 from mailcow_ha.adapters.keepalived import UNHEALTHY, HealthFile, KeepalivedProcess
-from mailcow_ha.agent.guardian import Guardian
 from mailcow_ha.agent.main import Agent, AgentParts
-from mailcow_ha.agent.process import PID_FILE
+from mailcow_ha.agent.wiring import build_guardian
 from mailcow_ha.alert_events import Alerter
 from mailcow_ha.cli.agent import serve
 from mailcow_ha.config import NodeConfig, load_config
@@ -88,12 +87,7 @@ def mount_builder(control: Path, device: Path) -> Callable[[NodeConfig, Alerter]
             health_file=health_file,
             keepalived=KeepalivedProcess(config.paths.keepalived_pid_file, config.paths.keepalived_data_file),
             alerter=alerter,
-            guardian=Guardian(
-                health_file=config.paths.health_file,
-                pid_file=config.paths.run_dir / PID_FILE,
-                timeout=config.health.watchdog_timeout,
-                restart_delay=config.keepalived.agent_restart_delay,
-            ),
+            guardian=build_guardian(config),
         )
         return Agent(parts)
 

@@ -165,12 +165,7 @@ def build_agent(
         mount=mount,
         floating_ips=floating_ips,
         events=events,
-        guardian=Guardian(
-            health_file=config.paths.health_file,
-            pid_file=config.paths.run_dir / PID_FILE,
-            timeout=config.health.watchdog_timeout,
-            restart_delay=config.keepalived.agent_restart_delay,
-        ),
+        guardian=build_guardian(config),
         health_override=None if participant is None else participant.health_override,
         breaker_status=None if failover is None else _breaker_source(failover, config),
         members=member_names,
@@ -207,6 +202,16 @@ def build_agent(
     if failover is not None:
         parts.closers.append(failover.close)
     return agent
+
+
+def build_guardian(config: NodeConfig) -> Guardian:
+    """Return the guardian that puts the node in FAULT when this agent hangs or dies."""
+    return Guardian(
+        health_file=config.paths.health_file,
+        pid_file=config.paths.run_dir / PID_FILE,
+        timeout=config.health.watchdog_timeout,
+        restart_delay=config.keepalived.agent_restart_delay,
+    )
 
 
 def _breaker_source(failover: Failover, config: NodeConfig) -> Callable[[], BreakerSnapshot]:
