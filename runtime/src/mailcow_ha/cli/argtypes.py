@@ -11,12 +11,23 @@ import math
 from collections.abc import Callable
 
 
-def positive_seconds(text: str) -> float:
-    """Parse a duration in seconds that is finite and greater than zero."""
+def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+
+
+def positive_seconds(text: str) -> float:
+    """Parse a duration in seconds that is finite and greater than zero."""
+    value = _seconds(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text} seconds is out of range; use a number greater than 0")
     return value
@@ -24,10 +35,7 @@ def positive_seconds(text: str) -> float:
 
 def non_negative_seconds(text: str) -> float:
     """Parse a duration in seconds that is finite and 0 or greater (0: do not wait)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    value = _seconds(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text} seconds is out of range; use 0 or a greater number")
     return value
@@ -35,10 +43,7 @@ def non_negative_seconds(text: str) -> float:
 
 def non_negative_int(text: str) -> int:
     """Parse a whole number that is 0 or greater."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is out of range; use 0 or a greater whole number")
     return value
@@ -46,10 +51,7 @@ def non_negative_int(text: str) -> int:
 
 def positive_int(text: str) -> int:
     """Parse a whole number that is 1 or greater."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is out of range; use a whole number of 1 or more")
     return value
@@ -59,10 +61,7 @@ def int_between(low: int, high: int) -> Callable[[str], int]:
     """Return a parser of whole numbers from `low` to `high`, both included."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+        value = _whole_number(text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is out of range; use {low} to {high}")
         return value
