@@ -186,7 +186,7 @@ def test_timeline_marks_and_phases() -> None:
     assert timeline.mark("FAULT").at == 10.3
 
 
-def test_timeline_takes_detection_from_the_fault_advert_when_no_sample_caught_it() -> None:
+def test_timeline_detection_from_fault_advert() -> None:
     private = {"a": "10.0.1.11", "b": "10.0.1.12"}
     views = [
         _view(10.0, mounted={"a": True}, serving={"a": True}, route=PUBLIC["a"]),

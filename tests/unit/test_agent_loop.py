@@ -172,7 +172,7 @@ def test_standby_reports_healthy(make_node: Callable[..., Node]) -> None:
     agent = node.start()
 
     node.wait_healthy()
-    # Healthy already holds while the start-up demote runs ("transition: ..."); wait for its end.
+    # The agent is healthy while its start-up demote still runs ("transition: ..."), so wait for the demote to end.
     node.wait(lambda: agent.snapshot().reason.startswith("standby:"))
 
     assert node.transitions.runs == ["demote"]

@@ -206,7 +206,7 @@ def test_fault_and_breaker_degrade():
     assert any(line.startswith("degraded cluster: no standby can take over automatically if node-1") for line in found)
 
 
-def test_open_breaker_on_new_master_is_no_problem():
+def test_open_master_breaker_is_fine():
     # One failover onto node-1 opens its breaker for the window: the breaker doing its job.
     master = snapshot("node-1", "MASTER", breaker=BreakerSnapshot(open=True, failovers_in_window=1))
 
@@ -216,19 +216,21 @@ def test_open_breaker_on_new_master_is_no_problem():
     assert not assessment.degraded
 
 
-def test_open_breaker_on_standby_is_notice_while_another_can_take_over():
-    held = snapshot("node-2", breaker=BreakerSnapshot(open=True, failovers_in_window=1, closes_at=1796420271.0))
+def test_open_standby_breaker_is_notice():
+    standby = snapshot("node-2", breaker=BreakerSnapshot(open=True, failovers_in_window=1, closes_at=1796420271.0))
 
-    assessment = assess(cluster(snapshot("node-1", "MASTER"), held, snapshot("node-3")))
+    assessment = assess(cluster(snapshot("node-1", "MASTER"), standby, snapshot("node-3")))
 
     assert [(p.severity, p.subject) for p in assessment.problems] == [(Severity.NOTICE, "node-2")]
     assert "will not take over automatically until 2026-12-04 21:37:51Z" in assessment.problems[0].message
     assert not assessment.degraded
 
 
-def test_no_standby_able_to_take_over_degrades():
-    held = BreakerSnapshot(open=True, failovers_in_window=1)
-    status = cluster(snapshot("node-1", "MASTER"), snapshot("node-2", breaker=held), snapshot("node-3", breaker=held))
+def test_no_takeover_candidate_degrades():
+    open_breaker = BreakerSnapshot(open=True, failovers_in_window=1)
+    status = cluster(
+        snapshot("node-1", "MASTER"), snapshot("node-2", breaker=open_breaker), snapshot("node-3", breaker=open_breaker)
+    )
 
     assessment = assess(status)
 

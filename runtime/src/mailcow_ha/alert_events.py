@@ -38,9 +38,10 @@ class Alerter(Protocol):
 
 
 class NoAlerter:
-    """An Alerter for read-only commands, which send no alerts and must not touch the alert state file.
+    """An Alerter for read-only commands, which must not touch the alert state file.
 
-    Unlike the Apprise sender, it reads and writes nothing. A call is a bug, logged and never raised.
+    Unlike the Apprise sender, it reads and writes nothing. A read-only command that still sends
+    an alert has a bug, so the call logs a warning and sends nothing.
     """
 
     def send(self, event: AlertEvent, reason: str, details: dict[str, str] | None = None) -> None:

@@ -14,7 +14,7 @@ from mailcow_ha.mailcow import override_file
 from mailcow_ha.mailcow.initdata import InitRequest, init_data
 
 MAX_MMP_INTERVAL = 300
-"""The longest ext4 multi-mount protection update interval `init-data` sets, in seconds."""
+"""Maximum ext4 multi-mount protection update interval, in seconds, that `init-data` accepts."""
 
 
 def register(subparsers: Any) -> None:

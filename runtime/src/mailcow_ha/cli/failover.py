@@ -160,7 +160,11 @@ def run_breaker_status(args: argparse.Namespace) -> ExitCode:
     if args.json:
         print(json.dumps(status.to_json(), indent=2), file=sys.stdout)
     else:
-        word = "tripped" if status.tripped else "open" if status.open else "closed"
+        word = "closed"
+        if status.tripped:
+            word = "tripped"
+        elif status.open:
+            word = "open"
         print(f"circuit breaker: {word}", file=sys.stdout)
         print(f"  {status.reason}", file=sys.stdout)
         if status.tripped_at is not None:

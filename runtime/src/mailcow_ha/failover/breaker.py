@@ -52,7 +52,7 @@ class BreakerDecision:
     since: float | None = None
     """The start of the count: the window's start, or the last reset when that is later."""
     closes_at: float | None = None
-    """When a rejecting breaker allows a failover again by itself (the window moves on); None when allowed."""
+    """Time at which a rejecting breaker allows a failover again as the window moves on (None when allowed)."""
 
 
 def _when(timestamp: float) -> str:
@@ -88,7 +88,7 @@ def decide(
     span = f"since the breaker reset at {_when(since)}" if since != now - window else f"in the last {window:g} s"
     if len(counted) >= max_failovers:
         listed = ", ".join(f"{record.id} at {_when(record.started_at)} ({record.outcome})" for record in counted)
-        # The oldest failovers leave the window first; the breaker closes once fewer than the limit remain.
+        # The oldest failovers leave the window first, and the breaker closes once fewer than the limit remain.
         closes_at = sorted(record.started_at for record in counted)[len(counted) - max_failovers] + window
         return BreakerDecision(
             False,

@@ -66,19 +66,19 @@ class HolderReport:
     last_outcome: str | None = None
     """Outcome of the holder's last transition: ok, failed or superseded."""
     transition_started_at: float | None = None
-    """When the running transition started, on the holder's wall clock."""
+    """Start time of the running transition, on the holder's wall clock."""
     last_finished_at: float | None = None
-    """When the holder's last transition ended, on its wall clock."""
+    """End time of the holder's last transition, on its wall clock."""
     mount_read_at: float | None = None
-    """When the holder's latest mount probe read its mount table, on its wall clock; None without a result."""
+    """Time of the mount probe's latest read of the mount table, on the holder's wall clock (None before any)."""
 
 
 def unmount_report_problem(report: HolderReport) -> str | None:
     """Return why the holder's "not mounted" may be out of date, or None when it can be trusted.
 
     The agent's mount flag comes from its mount probe, which reads the mount table every
-    `health.system_interval` seconds, and only a promote mounts the volume. So "not mounted" holds
-    only when no promote runs and the table was read after the running transition started, or,
+    `health.system_interval` seconds, and only a promote mounts the volume. So "not mounted" is
+    true only when no promote runs and the table was read after the running transition started, or,
     with none running, after the last one ended.
     """
     if report.transition_running == "MASTER":
