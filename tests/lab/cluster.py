@@ -364,6 +364,23 @@ class Lab:
         for node in nodes or list(self.nodes.values()):
             node.start_keepalived()
 
+    def wait_for_status_api(self, nodes: list[LabNode], timeout: float = 60.0) -> None:
+        """Wait until each node's agent listens on its status API, as an operator checks before a bootstrap.
+
+        The agent unit is `Type=simple`, so systemd reports it started before it listens. A command
+        run right after boot can find a member's API closed, and `galera bootstrap` then rejects.
+        """
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            argv = ["ss", "-Hltn", f"sport = :{node.config.status_api.port}"]
+            while not node.machine.run(argv, timeout=10.0, check=False).stdout.strip():
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"timed out after {timeout:g} s waiting for the agent of {node.name} to listen on "
+                        f"port {node.config.status_api.port}; see {node.machine.log_dir}/agent.log"
+                    )
+                time.sleep(0.2)
+
     def form_galera(self) -> None:
         """First boot of Galera: node 1 bootstraps a new cluster, the others join it at once."""
         first = self.nodes[min(self.nodes)]

@@ -37,6 +37,7 @@ def test_full_cluster_restart_uses_highest_seqno(lab: Lab, open_scenario: Callab
 
     for node in nodes:
         faults.power_on(lab, node, start_galera=False)
+    lab.wait_for_status_api(nodes)
     result = nodes[0].machine.run(lab.runtime_command(nodes[0], "galera", "bootstrap"), timeout=300.0, check=False)
     print(result.stdout, result.stderr)
 
