@@ -32,6 +32,8 @@ def restore(lab: Lab, timeout: float = 180.0) -> LabNode:
         lab.network.set_link(node.index, "private", True)
         if not node.machine.processes("keepalived"):
             node.start_keepalived()
+    # Galera bootstrap and maintenance off both query every member's agent.
+    lab.wait_for_status_api(list(lab.nodes.values()))
     restore_galera(lab, timeout)
     for node in lab.nodes.values():
         node.machine.run(lab.runtime_command(node, "maintenance", "off"), check=False, timeout=30.0)
