@@ -4,7 +4,6 @@ fake Hetzner API. It makes no API call in steady state and serves its snapshot o
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 import threading
@@ -17,7 +16,6 @@ import pytest
 
 from harness.fakecloud.testing import FakeCloudEnv, serve_fake
 from harness.galera import GaleraCluster
-from harness.loopdev import private_mount_namespace
 from harness.nodeconfig import node_config_dict
 from harness.podman import MailcowProject, PodmanService, wait_for
 from mailcow_ha.agent.snapshot import NodeSnapshot
@@ -29,18 +27,6 @@ pytestmark = pytest.mark.integration
 
 USER = "mailcow_ha_steady"
 PASSWORD = "steady-password-for-tests"
-
-
-@pytest.fixture
-def podman() -> Iterator[PodmanService]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for podman's storage and mount namespace")
-    with private_mount_namespace():
-        service = PodmanService.start()
-        try:
-            yield service
-        finally:
-            service.close()
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,18 +36,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo what `main` changes in logging: a root handler on this test's captured stderr, and levels."""
-    root = logging.getLogger()
-    package = logging.getLogger("mailcow_ha")
-    handlers, root_level, package_level = root.handlers[:], root.level, package.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(root_level)
-    package.setLevel(package_level)
 
 
 @pytest.fixture
