@@ -17,7 +17,6 @@ check that two nodes never served at once and measure how long nobody served.
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from harness.keepalived import VrrpCluster, VrrpNode
+from harness.ports import free_port
 from mailcow_ha.adapters.keepalived import FifoMessage, FifoReader, HealthFile
 from mailcow_ha.agent.snapshot import (
     ContainerSnapshot,
@@ -237,12 +237,6 @@ class StandInAgent:
         )
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
-
-
 class SwitchoverLab:
     """A VrrpCluster with a stand-in agent per node and a status client for the coordinator."""
 
@@ -258,7 +252,7 @@ class SwitchoverLab:
         self.timeline = Timeline()
         self.cluster = VrrpCluster(size, base_dir, advert_int=advert_int)
         prefix = f"127.{random.randrange(1, 250)}.{random.randrange(1, 250)}"
-        self.port = _free_port(f"{prefix}.1")
+        self.port = free_port(f"{prefix}.1")
         self.agents: list[StandInAgent] = []
         try:
             for node in self.cluster.nodes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ from harness.fakecloud.testing import FakeCloudEnv, serve_fake
 from harness.galera import GaleraCluster
 from harness.nodeconfig import node_config_dict
 from harness.podman import MailcowProject, PodmanService, wait_for
+from harness.ports import free_port
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.wiring import build_agent
 from mailcow_ha.alert_events import AlertEvent
@@ -41,12 +41,6 @@ class RecordingAlerter:
 
     def send(self, event: AlertEvent, reason: str, details: dict[str, str] | None = None) -> None:
         self.sent.append((event, reason))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_idle_standby_makes_no_api_call(

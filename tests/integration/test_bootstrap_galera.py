@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +12,7 @@ import pytest
 
 from harness.galera import INSTALL_DB, MARIADBD, RUN_AS, GaleraCluster, GaleraNode, galera_available
 from harness.nodeconfig import deep_update, node_config_dict, write_node_config
+from harness.ports import free_port
 from mailcow_ha import state
 from mailcow_ha.agent.membership import Member, Membership
 from mailcow_ha.agent.statusapi import StatusApi
@@ -253,19 +252,6 @@ def test_first_boot_forms_and_rejoins_cluster(new_cluster):
     new_cluster.wait_healthy(timeout=60)
 
 
-def free_port(addresses: list[str]) -> int:
-    for _ in range(50):
-        port = random.randrange(20000, 60000)
-        try:
-            for address in addresses:
-                with socket.socket() as probe:
-                    probe.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no free port on {addresses}")
-
-
 def config_for(cluster: GaleraCluster, node: GaleraNode, port: int) -> NodeConfig:
     document = node_config_dict(
         cluster=cluster.name,
@@ -281,7 +267,7 @@ def test_bootstrap_after_ordered_stop_through_status_api(galera):
     write_rows(node1, "before-ordered-stop")
     galera.stop_ordered([1, 2, 3])
     members = local_members(galera)
-    port = free_port([node.address for node in galera.nodes])
+    port = free_port(*(node.address for node in galera.nodes))
     # Over loopback the client's source address is 127.0.0.1, not the member's own address.
     clients = {"127.0.0.1", *(node.address for node in galera.nodes)}
     agent_api = StatusApi.from_config(
@@ -313,7 +299,7 @@ def test_positions_from_synced_members(galera, tmp_path, capsys):
     """Cloud-init's node config lists no peers; the members come from `peers sync`'s state file."""
     node1, node2, node3 = galera.nodes
     members = local_members(galera)
-    port = free_port([node.address for node in galera.nodes])
+    port = free_port(*(node.address for node in galera.nodes))
     clients = {"127.0.0.1", *(node.address for node in galera.nodes)}
     synced = Membership(
         tuple(Member(node.index, node.name, node.address, 100 + node.index) for node in galera.nodes),

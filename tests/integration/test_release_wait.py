@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from harness.failovernode import FailoverNode, failover_node, master_token
 from harness.nodeconfig import deep_update, node_config_dict
 from harness.podman import PodmanService
+from harness.ports import free_port
 from mailcow_ha import state
 from mailcow_ha.agent.membership import Member, Membership
 from mailcow_ha.agent.snapshot import MountSnapshot, NodeSnapshot, ProbeSnapshot, TransitionSnapshot
@@ -109,12 +110,6 @@ def waiter_config(tmp_path: Path, port: int, **deadlines: float) -> NodeConfig:
     return config
 
 
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def no_supersede() -> None:
     return None
 
@@ -150,7 +145,7 @@ def test_unreachable_holder_not_waited_for(tmp_path: Path, silent: bool) -> None
         if silent:
             listener.listen(1)
         else:
-            port = unused_port()
+            port = free_port()
         config = waiter_config(tmp_path, port, release_request=0.3)
 
         result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from harness.nodeconfig import node_config_dict, write_node_config
+from harness.ports import free_port
 from mailcow_ha.agent.process import AgentLock
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
@@ -81,12 +81,6 @@ def test_second_agent_rejected(config_path: Path, tmp_path: Path, monkeypatch: p
 
     assert code == ExitCode.REFUSED
     assert not (tmp_path / "run" / "agent.pid").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_maintenance_reaches_other_members(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

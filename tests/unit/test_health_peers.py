@@ -7,12 +7,12 @@ membership sync.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 from pydantic import SecretStr
 
+from harness.ports import free_port
 from mailcow_ha.agent.snapshot import NodeSnapshot
 from mailcow_ha.agent.statusapi import StatusApi
 from mailcow_ha.agent.statusclient import StatusClient
@@ -26,22 +26,6 @@ SECRET = SecretStr("test-cluster-secret")
 Serve = Callable[[dict[str, tuple[str, ...]]], tuple[list[tuple[str, str]], int]]
 
 
-def free_port(addresses: list[str]) -> int:
-    """Return a port that is free on every address."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((addresses[0], 0))
-            port: int = probe.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
-                    other.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no port is free on every loopback address")
-
-
 def snapshot_of(name: str, members: tuple[str, ...]) -> NodeSnapshot:
     return NodeSnapshot(CLUSTER, name, int(name[-1]), "127.0.0.1", "test", 0.0, 0.0, members=members)
 
@@ -53,7 +37,7 @@ def serve_members() -> Iterator[Serve]:
 
     def serve(listed: dict[str, tuple[str, ...]]) -> tuple[list[tuple[str, str]], int]:
         peers = [(name, f"127.0.0.{10 + int(name[-1])}") for name in listed]
-        port = free_port([address for _, address in peers])
+        port = free_port(*(address for _, address in peers))
         for name, address in peers:
             members = listed[name]
             api = StatusApi(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from harness.failovernode import RecordingAlerter
 from harness.nodeconfig import node_config_dict, write_node_config
+from harness.ports import free_port
 from mailcow_ha import state
 from mailcow_ha.agent.membership import load_membership
 from mailcow_ha.agent.statusapi import StatusApi
@@ -30,12 +30,6 @@ CORRUPT = {
     state.FAILOVER_START_FILE: b"{}}",
     ALERTS_STATE_FILE: b"null garbage",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
