@@ -12,7 +12,7 @@ from hcloud.floating_ips import FloatingIP
 from hcloud.servers import Server
 from hcloud.volumes import Volume
 
-from harness.fakecloud.testing import serve_fake
+from harness.fakecloud.testing import serve_fake, unretried_client
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,7 @@ def env():
 
 @pytest.fixture
 def client(env):
-    # The client's own retries would hide the fake's responses, and these tests check each one.
-    api = hcloud.Client(env.token, api_endpoint=env.url, timeout=5, poll_interval=0.02)
-    api._client._retry_max_retries = 0
-    return api
+    return unretried_client(env.token, env.url)
 
 
 def api_error(call: Callable[[], object]) -> hcloud.APIException:
@@ -399,8 +396,7 @@ def test_action_fault_never_ends(env, client):
 def test_hang_hits_client_timeout(env):
     cluster = env.cluster()
     env.fake.inject(operation="volume.get", hang=3.0)
-    slow = hcloud.Client(env.token, api_endpoint=env.url, timeout=0.3)
-    slow._client._retry_max_retries = 0
+    slow = unretried_client(env.token, env.url, timeout=0.3)
 
     started = time.monotonic()
     with pytest.raises(requests.exceptions.ReadTimeout):
@@ -412,8 +408,7 @@ def test_hang_hits_client_timeout(env):
 def test_hang_after_applies_change(env, client):
     cluster = env.cluster()
     env.fake.inject(operation="volume.detach", hang=3.0, hang_after=True)
-    slow = hcloud.Client(env.token, api_endpoint=env.url, timeout=0.3)
-    slow._client._retry_max_retries = 0
+    slow = unretried_client(env.token, env.url, timeout=0.3)
 
     with pytest.raises(requests.exceptions.ReadTimeout):
         slow.volumes.detach(Volume(id=cluster.volume_id))

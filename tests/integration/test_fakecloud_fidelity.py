@@ -12,7 +12,7 @@ import requests
 from hcloud.servers import Server
 from hcloud.volumes import Volume
 
-from harness.fakecloud.testing import serve_fake
+from harness.fakecloud.testing import serve_fake, unretried_client
 from harness.nodeconfig import node_config_dict
 from mailcow_ha.adapters.hetzner import HetznerCloud
 from mailcow_ha.config import parse_config
@@ -67,9 +67,7 @@ def env():
 
 @pytest.fixture
 def client(env):
-    api = hcloud.Client(env.token, api_endpoint=env.url, timeout=5, poll_interval=0.02)
-    api._client._retry_max_retries = 0
-    return api
+    return unretried_client(env.token, env.url)
 
 
 @pytest.fixture(autouse=True)

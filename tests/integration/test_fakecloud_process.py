@@ -16,6 +16,8 @@ import requests
 from hcloud.servers import Server
 from hcloud.volumes import Volume
 
+from harness.fakecloud.testing import unretried_client
+
 pytestmark = pytest.mark.integration
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -122,8 +124,7 @@ def test_faults_latency_events_and_counts(fake_process):
     assert fault.status_code == 201
     events_before = fake_process.control("GET", "events").json()["last"]
     mark = fake_process.control("POST", "mark").json()["mark"]
-    client = hcloud.Client(fake_process.token, api_endpoint=fake_process.url, timeout=5, poll_interval=0.05)
-    client._client._retry_max_retries = 0
+    client = unretried_client(fake_process.token, fake_process.url, poll_interval=0.05)
 
     with pytest.raises(hcloud.APIException) as locked:
         client.volumes.detach(Volume(id=volume["id"]))

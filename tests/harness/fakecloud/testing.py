@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import hcloud
 import pytest
 
 from harness.fakecloud.server import FakeCloudServer
@@ -101,6 +102,17 @@ class FakeCloudEnv:
         }
         section.update(overrides)
         return section
+
+
+def unretried_client(token: str, url: str, *, timeout: float = 5.0, poll_interval: float = 0.02) -> hcloud.Client:
+    """Return an `hcloud` client that sends each request once, so a test gets every response of the fake.
+
+    hcloud 2.x has no constructor argument for its retry count, so this sets the private attribute
+    that the production adapter also sets.
+    """
+    client = hcloud.Client(token, api_endpoint=url, timeout=timeout, poll_interval=poll_interval)
+    client._client._retry_max_retries = 0
+    return client
 
 
 @contextlib.contextmanager
