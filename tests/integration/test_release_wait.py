@@ -28,7 +28,7 @@ from mailcow_ha.config import NodeConfig, parse_config
 from mailcow_ha.deadline import Deadline
 from mailcow_ha.errors import Superseded
 from mailcow_ha.failover.history import RecordOutcome
-from mailcow_ha.failover.release import ReleaseOutcome
+from mailcow_ha.failover.release import ReleaseOutcome, ReleaseResult
 from mailcow_ha.failover.wiring import build_release_waiter
 from mailcow_ha.health.verdict import MOUNT
 
@@ -89,6 +89,12 @@ class Peer:
     def stop(self) -> None:
         self.api.stop()
 
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 def write_members(config: NodeConfig, holder_id: int = HOLDER_SERVER_ID, own_id: int = 501) -> None:
     members = (
@@ -114,6 +120,16 @@ def no_supersede() -> None:
     return None
 
 
+def wait_release(
+    config: NodeConfig,
+    seconds: float,
+    server_id: int = HOLDER_SERVER_ID,
+    checkpoint: Callable[[], None] = no_supersede,
+) -> ReleaseResult:
+    """Run the production release waiter for `server_id` with a deadline of `seconds`."""
+    return build_release_waiter(config).wait(server_id, Deadline.after("release", seconds), checkpoint)
+
+
 def test_waits_until_holder_unmounted(tmp_path: Path) -> None:
     released_at: list[float] = []
 
@@ -123,13 +139,8 @@ def test_waits_until_holder_unmounted(tmp_path: Path) -> None:
         released_at.append(time.monotonic())
         return holder_snapshot(mounted=False, demoting=False)
 
-    peer = Peer(snapshot)
-    try:
-        config = waiter_config(tmp_path, peer.port)
-
-        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)
-    finally:
-        peer.stop()
+    with Peer(snapshot) as peer:
+        result = wait_release(waiter_config(tmp_path, peer.port), 5.0)
 
     assert result.outcome is ReleaseOutcome.RELEASED
     assert peer.requests == 4
@@ -146,9 +157,7 @@ def test_unreachable_holder_not_waited_for(tmp_path: Path, silent: bool) -> None
             listener.listen(1)
         else:
             port = free_port()
-        config = waiter_config(tmp_path, port, release_request=0.3)
-
-        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)
+        result = wait_release(waiter_config(tmp_path, port, release_request=0.3), 5.0)
 
     assert result.outcome is ReleaseOutcome.NO_RESPONSE
     assert result.seconds < 5.0
@@ -162,26 +171,16 @@ def test_unmounted_from_promoting_holder_waited_for(tmp_path: Path) -> None:
             return holder_snapshot(mounted=False, running="MASTER")
         return holder_snapshot(mounted=False, demoting=False)
 
-    peer = Peer(snapshot)
-    try:
-        config = waiter_config(tmp_path, peer.port)
-
-        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 5.0), no_supersede)
-    finally:
-        peer.stop()
+    with Peer(snapshot) as peer:
+        result = wait_release(waiter_config(tmp_path, peer.port), 5.0)
 
     assert result.outcome is ReleaseOutcome.RELEASED
     assert peer.requests == 4
 
 
 def test_wait_ends_at_deadline(tmp_path: Path) -> None:
-    peer = Peer(lambda: holder_snapshot(mounted=True))
-    try:
-        config = waiter_config(tmp_path, peer.port)
-
-        result = build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 1.0), no_supersede)
-    finally:
-        peer.stop()
+    with Peer(lambda: holder_snapshot(mounted=True)) as peer:
+        result = wait_release(waiter_config(tmp_path, peer.port), 1.0)
 
     assert result.outcome is ReleaseOutcome.TIMED_OUT
     assert result.seconds >= 1.0
@@ -189,13 +188,8 @@ def test_wait_ends_at_deadline(tmp_path: Path) -> None:
 
 
 def test_server_not_in_members_not_asked(tmp_path: Path) -> None:
-    peer = Peer(lambda: holder_snapshot(mounted=True))
-    try:
-        config = waiter_config(tmp_path, peer.port)
-
-        result = build_release_waiter(config).wait(999, Deadline.after("release", 5.0), no_supersede)
-    finally:
-        peer.stop()
+    with Peer(lambda: holder_snapshot(mounted=True)) as peer:
+        result = wait_release(waiter_config(tmp_path, peer.port), 5.0, server_id=999)
 
     assert result.outcome is ReleaseOutcome.NOT_A_MEMBER
     assert peer.requests == 0
@@ -210,12 +204,8 @@ def test_newer_state_stops_wait(tmp_path: Path) -> None:
         if peer.requests >= 2:
             raise Superseded("keepalived reported BACKUP")
 
-    try:
-        config = waiter_config(tmp_path, peer.port)
-        with pytest.raises(Superseded):
-            build_release_waiter(config).wait(HOLDER_SERVER_ID, Deadline.after("release", 30.0), checkpoint)
-    finally:
-        peer.stop()
+    with peer, pytest.raises(Superseded):
+        wait_release(waiter_config(tmp_path, peer.port), 30.0, checkpoint=checkpoint)
 
     assert peer.requests == 2
 
@@ -236,8 +226,7 @@ def test_promote_detaches_after_release(podman: PodmanService) -> None:
             return holder_snapshot(mounted=True)
         return holder_snapshot(mounted=False, demoting=False)
 
-    peer = Peer(snapshot)
-    try:
+    with Peer(snapshot) as peer:
         overrides = {"status_api.port": peer.port, "deadlines.release_wait": 5.0}
         with failover_node(podman, overrides=overrides) as node:
             node_holder.append(node)
@@ -255,5 +244,3 @@ def test_promote_detaches_after_release(podman: PodmanService) -> None:
             assert release.detail is not None
             assert release.detail.startswith(f"{ReleaseOutcome.RELEASED}:")
             failover.close()
-    finally:
-        peer.stop()
